@@ -1,0 +1,33 @@
+# The two commands a newcomer types: `make up` (from issue 7 on) and `make test`.
+# Both work on a fresh Debian 12 / Ubuntu machine as root: they install what is missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# command:package pairs the tests need from the system (see scripts/system-packages)
+TEST_PACKAGES := python3-venv:python3-venv gcc:gcc
+
+.PHONY: test lint typecheck pytest clean
+
+test: lint typecheck pytest
+
+$(BIN)/.installed: pyproject.toml
+	@scripts/system-packages $(TEST_PACKAGES)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check foobar tests
+	$(BIN)/ruff format --check foobar tests
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy --strict foobar
+
+pytest: $(BIN)/.installed
+	@scripts/system-packages $(TEST_PACKAGES)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

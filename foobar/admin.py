@@ -1,0 +1,91 @@
+"""The admin listener every role runs on its own address (`--admin HOST:PORT`), kept
+private by the firewall:
+
+    GET /healthz   200 "ok" or 503 with a one-line reason (what a balancer or systemd checks)
+    GET /metrics   Prometheus text format, from prometheus-client's registry
+    GET /status    JSON the role fills in
+
+A role passes async callables for health and status, and may add routes of its own (the
+database's `POST /promote`, the balancer's `/stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from foobar.http.server import Request, Response, Server, ServerConfig, error_response
+from foobar.settings import HostPort
+
+log = logging.getLogger("foobar.admin")
+
+Health = Callable[[], Awaitable[tuple[bool, str]]]
+Status = Callable[[], Awaitable[Mapping[str, Any]]]
+Route = Callable[[Request], Awaitable[Response]]
+
+# The admin API is small JSON and Prometheus text; a large body is a mistake or an attack.
+MAX_ADMIN_BODY = 64 * 1024
+
+
+def json_response(status: int, data: Any) -> Response:
+    body = json.dumps(data, indent=2, default=str).encode() + b"\n"
+    return Response(status, [(b"Content-Type", b"application/json")], body)
+
+
+class Admin:
+    def __init__(
+        self,
+        health: Health,
+        status: Status,
+        registry: CollectorRegistry = REGISTRY,
+        routes: Mapping[tuple[str, bytes], Route] | None = None,
+    ) -> None:
+        self.health = health
+        self.status = status
+        self.registry = registry
+        self.routes: dict[tuple[str, bytes], Route] = {
+            ("GET", b"/healthz"): self._healthz,
+            ("GET", b"/metrics"): self._metrics,
+            ("GET", b"/status"): self._status,
+            **(routes or {}),
+        }
+        self.server = Server(self.handle, ServerConfig(max_body_bytes=MAX_ADMIN_BODY))
+
+    async def start(self, address: HostPort) -> None:
+        await self.server.start(address.host, address.port)
+        host, port = self.server.address
+        log.info("event=admin_listening address=%s:%d", host, port)
+
+    async def shutdown(self) -> None:
+        await self.server.shutdown(drain_timeout=2.0)
+
+    async def handle(self, request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self.routes.get((method, request.path))
+        if route is not None:
+            return await route(request)
+        allowed = sorted(m for m, path in self.routes if path == request.path)
+        if allowed:
+            response = error_response(405)
+            response.headers.append((b"Allow", ", ".join(allowed).encode()))
+            return response
+        return error_response(404)
+
+    async def _healthz(self, request: Request) -> Response:
+        healthy, reason = await self.health()
+        body = f"{'ok' if healthy else 'unhealthy'}: {reason}\n".encode()
+        return Response(
+            200 if healthy else 503, [(b"Content-Type", b"text/plain; charset=utf-8")], body
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(
+            200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], generate_latest(self.registry)
+        )
+
+    async def _status(self, request: Request) -> Response:
+        return json_response(200, dict(await self.status()))

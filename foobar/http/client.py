@@ -1,0 +1,449 @@
+"""The upstream client: a pool of keep-alive connections to one upstream address.
+
+    pool = UpstreamPool("10.0.0.2", 8000)
+    response = await pool.request("GET", b"/api/posts", [(b"Host", b"www.foobar.com")])
+    async for chunk in response:   # or: await response.read()
+        ...
+    # the connection went back to the pool when the body ended
+
+Like nginx's `keepalive` upstream block: at most `max_idle` idle connections are kept, each
+for `idle_timeout`. A pooled connection the server closed while it sat idle is found out
+when the request fails before any response byte; an idempotent request with a replayable
+body is then sent once more on a fresh connection (nginx and Go's net/http do the same),
+anything else fails with `UpstreamClosed`. Failures are mapped into the FoobarError tree:
+refused or unreachable -> `UpstreamConnectError`, reset -> `UpstreamClosed`, too slow ->
+`ConnectTimeout` / `ReadTimeout` (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl as ssl_module
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from foobar.http import headers as hdrs
+from foobar.http import limits
+from foobar.http.errors import (
+    ConnectTimeout,
+    HTTPError,
+    ProtocolError,
+    ReadTimeout,
+    UpstreamClosed,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+)
+from foobar.http.flow import FlowControlled
+from foobar.http.parser import END, Event, ResponseHead, ResponseParser
+
+log = logging.getLogger("foobar.http.client")
+
+# RFC 9110 §9.2.2.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# Request fields the client owns, like the server owns its response framing.
+_FRAMING_FIELDS: Final = frozenset(
+    {b"connection", b"transfer-encoding", b"content-length", b"keep-alive"}
+)
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    connect_timeout: float = limits.CONNECT_TIMEOUT
+    read_timeout: float = limits.READ_TIMEOUT
+    max_idle: int = limits.MAX_IDLE_CONNECTIONS
+    idle_timeout: float = limits.POOL_IDLE_TIMEOUT
+    max_header_bytes: int = limits.MAX_HEADER_BYTES
+    high_water: int = limits.HIGH_WATER
+    low_water: int = limits.LOW_WATER
+
+
+class UpstreamConnection(FlowControlled):
+    """One connection to an upstream server, used for one request at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        config = pool.config
+        super().__init__(config.high_water, config.low_water)
+        self.pool = pool
+        self.parser = ResponseParser(config.max_header_bytes)
+        self.error: UpstreamError | None = None
+        self.response_started = False
+        self.reusable = True
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        if self.idle_handle is not None:
+            # Bytes on an idle connection (a late 408, garbage): it cannot be trusted.
+            self.reusable = False
+            self.close()
+            return
+        self.response_started = True
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._fail(UpstreamProtocolError(f"invalid response from upstream: {exc}"))
+            return
+        if events:
+            self.queue(events)
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        self.reusable = False
+        self.wake()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        self.wake()
+        self.wake_drain(UpstreamClosed("upstream closed the connection"))
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        self.pool.forget(self)
+
+    def _fail(self, error: UpstreamError) -> None:
+        error.response_started = self.response_started
+        self.error = error
+        self.reusable = False
+        self.close()
+        self.wake()
+
+    async def next_event(self) -> Event:
+        while not self.events:
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                error = UpstreamClosed("upstream closed the connection")
+                error.response_started = self.response_started
+                raise error
+            self._arm_timer()
+            await self.wait_for_event()
+        return self.pop()
+
+    def started_request(self) -> None:
+        """The read timeout counts from here: the last read was for an earlier request."""
+        self._last_read = self.loop.time()
+        self.response_started = False
+
+    def _arm_timer(self) -> None:
+        if self._timer is None:
+            self._timer = self.loop.call_at(
+                self._last_read + self.pool.config.read_timeout, self._on_timer
+            )
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.event_waiter is None:
+            return
+        deadline = self._last_read + self.pool.config.read_timeout
+        if self.loop.time() < deadline:
+            self._arm_timer()
+            return
+        self._fail(
+            ReadTimeout(f"upstream {self.pool.name} silent for {self.pool.config.read_timeout}s")
+        )
+
+    async def write(self, *parts: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise UpstreamClosed("upstream connection closed while sending")
+        self.transport.writelines(parts)
+        await self.drain()
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class UpstreamResponse:
+    """An upstream's response: the head at once, the body as a stream. Reading the body to
+    its end hands the connection back to the pool; `aclose()` before that closes it."""
+
+    def __init__(
+        self,
+        connection: UpstreamConnection,
+        head: ResponseHead,
+        sender: asyncio.Task[None] | None,
+    ) -> None:
+        self.head = head
+        self._connection: UpstreamConnection | None = connection
+        self._sender = sender
+
+    @property
+    def status(self) -> int:
+        return self.head.status
+
+    @property
+    def headers(self) -> hdrs.Headers:
+        return self.head.headers
+
+    def header(self, name: bytes) -> bytes | None:
+        return hdrs.get(self.head.headers, name)
+
+    async def next_chunk(self) -> bytes | None:
+        connection = self._connection
+        if connection is None:
+            return None
+        try:
+            event = await connection.next_event()
+        except BaseException:
+            await self.aclose()
+            raise
+        if event is END:
+            await self._release()
+            return None
+        assert isinstance(event, bytes)
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    async def _release(self) -> None:
+        connection, self._connection = self._connection, None
+        assert connection is not None
+        reusable = self.head.keep_alive and not connection.events
+        if self._sender is not None:
+            if not self._sender.done():
+                reusable = False  # the server answered before taking the whole body
+                self._sender.cancel()
+            elif self._sender.cancelled() or self._sender.exception() is not None:
+                reusable = False
+        connection.pool.release(connection, reusable)
+
+    async def aclose(self) -> None:
+        """Give up on the rest of the body: the connection is closed, not reused."""
+        connection, self._connection = self._connection, None
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+        if connection is not None:
+            connection.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream address."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: PoolConfig | None = None,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = f"{host}:{port}"
+        self.config = config or PoolConfig()
+        self.ssl = ssl
+        self.server_hostname = server_hostname
+        self._idle: collections.deque[UpstreamConnection] = collections.deque()
+        self._all: set[UpstreamConnection] = set()
+        self.connections_made = 0  # for metrics and tests: reuse shows as few connections
+        self.closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def active_count(self) -> int:
+        return len(self._all) - len(self._idle)
+
+    async def request(
+        self,
+        method: str,
+        target: bytes,
+        headers: hdrs.Headers,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        content_length: int | None = None,
+    ) -> UpstreamResponse:
+        """Send one request and return once the response head has arrived.
+
+        `headers` are sent as given, less the framing fields this client sets itself.
+        A streamed `body` is sent with `content_length` when known, chunked otherwise.
+        """
+        connection = self._take_idle()
+        if connection is not None:
+            try:
+                return await self._exchange(
+                    connection, method, target, headers, body, content_length
+                )
+            except UpstreamClosed as exc:
+                replayable = body is None or isinstance(body, bytes)
+                if exc.response_started or method not in IDEMPOTENT or not replayable:
+                    raise
+                log.debug("event=stale_connection upstream=%s retry=fresh", self.name)
+        connection = await self._connect()
+        return await self._exchange(connection, method, target, headers, body, content_length)
+
+    async def _connect(self) -> UpstreamConnection:
+        if self.closed:
+            raise UpstreamConnectError(f"pool for {self.name} is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname if self.ssl else None,
+                )
+        except TimeoutError as exc:
+            raise ConnectTimeout(
+                f"no connection to {self.name} within {self.config.connect_timeout}s"
+            ) from exc
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to {self.name}: {exc.strerror or exc}"
+            ) from exc
+        self.connections_made += 1
+        self._all.add(connection)
+        return connection
+
+    async def _exchange(
+        self,
+        connection: UpstreamConnection,
+        method: str,
+        target: bytes,
+        headers: hdrs.Headers,
+        body: bytes | AsyncIterable[bytes] | None,
+        content_length: int | None,
+    ) -> UpstreamResponse:
+        lines = [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            if name.lower() not in _FRAMING_FIELDS:
+                lines += (name, b": ", value, b"\r\n")
+        streamed = body is not None and not isinstance(body, bytes)
+        if isinstance(body, bytes):
+            if body or method in _BODY_METHODS:
+                lines.append(b"Content-Length: %d\r\n" % len(body))
+        elif streamed and content_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % content_length)
+        elif streamed:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        elif method in _BODY_METHODS:
+            lines.append(b"Content-Length: 0\r\n")
+        lines.append(b"\r\n")
+        if isinstance(body, bytes):
+            lines.append(body)
+        if method == "HEAD":
+            connection.parser.expect_head_response()
+        connection.started_request()
+        sender = None
+        try:
+            await connection.write(b"".join(lines))
+            if streamed:
+                assert body is not None and not isinstance(body, bytes)
+                # Sent beside the wait for the response: a server may answer (413, 401)
+                # before it has read the whole body.
+                sender = asyncio.create_task(
+                    _send_body(connection, body, chunked=content_length is None)
+                )
+                sender.add_done_callback(_retrieve_exception)
+            head = await _response_head(connection)
+        except BaseException:
+            if sender is not None:
+                sender.cancel()
+            connection.close()
+            raise
+        return UpstreamResponse(connection, head, sender)
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        while self._idle:
+            connection = self._idle.pop()  # the most recent: least likely closed by the server
+            assert connection.idle_handle is not None
+            connection.idle_handle.cancel()
+            connection.idle_handle = None
+            if connection.reusable and not connection.closed:
+                return connection
+            connection.close()
+        return None
+
+    def release(self, connection: UpstreamConnection, reusable: bool) -> None:
+        if not (reusable and connection.reusable) or self.closed:
+            connection.close()
+            return
+        if len(self._idle) >= self.config.max_idle:
+            self._idle.popleft().close()
+        connection.idle_handle = connection.loop.call_later(
+            self.config.idle_timeout, self._expire, connection
+        )
+        self._idle.append(connection)
+
+    def _expire(self, connection: UpstreamConnection) -> None:
+        connection.idle_handle = None
+        if connection in self._idle:
+            self._idle.remove(connection)
+        connection.close()
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        self._all.discard(connection)
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    async def close(self) -> None:
+        """Close idle connections now; ones in use close when their response ends."""
+        self.closed = True
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.idle_handle is not None:
+                connection.idle_handle.cancel()
+            connection.close()
+
+
+async def _response_head(connection: UpstreamConnection) -> ResponseHead:
+    """The final response head, skipping interim 1xx responses (100 Continue, 103)."""
+    while True:
+        event = await connection.next_event()
+        if not isinstance(event, ResponseHead):
+            raise UpstreamProtocolError(f"unexpected {event!r} before a response head")
+        if event.status == 101:
+            raise UpstreamProtocolError("upstream switched protocols; upgrades are not proxied")
+        if event.status >= 200:
+            return event
+        end = await connection.next_event()
+        if end is not END:
+            raise UpstreamProtocolError("interim response with a body")
+
+
+def _retrieve_exception(task: asyncio.Task[None]) -> None:
+    # The failure is logged in _send_body and surfaces to the caller through the response.
+    if not task.cancelled():
+        task.exception()
+
+
+async def _send_body(
+    connection: UpstreamConnection, body: AsyncIterable[bytes], chunked: bool
+) -> None:
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            if chunked:
+                await connection.write(b"%x\r\n" % len(chunk), chunk, b"\r\n")
+            else:
+                await connection.write(chunk)
+        if chunked:
+            await connection.write(b"0\r\n\r\n")
+    except HTTPError as exc:
+        # The client's body broke off (or the upstream went away): the request is
+        # incomplete, so the connection must not carry another one.
+        log.info("event=request_body_aborted upstream=%s reason=%r", connection.pool.name, str(exc))
+        connection.close()
+        raise

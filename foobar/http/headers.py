@@ -1,0 +1,77 @@
+"""Header lists, and what a proxy does to them: hop-by-hop removal and forwarding headers.
+
+Headers are a list of `(name, value)` byte pairs in the order received, names as the peer
+spelled them (HTTP/1.1 proxies preserve case and order); look-ups ignore case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 names Connection and the fields it lists; the rest are the classic
+# hop-by-hop set (RFC 2616 §13.5.1) that nginx and HAProxy also strip.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def get(headers: Headers, name: bytes) -> bytes | None:
+    """The last value of `name` (lower-case), or None."""
+    found = None
+    for key, value in headers:
+        if key.lower() == name:
+            found = value
+    return found
+
+
+def get_all(headers: Headers, name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+def tokens(headers: Headers, name: bytes) -> set[bytes]:
+    """The comma-separated tokens of every `name` field, lower-cased (`Connection`, `TE`)."""
+    found: set[bytes] = set()
+    for value in get_all(headers, name):
+        found.update(part.strip().lower() for part in value.split(b",") if part.strip())
+    return found
+
+
+def without(headers: Headers, names: Iterable[bytes]) -> Headers:
+    drop = frozenset(names)
+    return [(key, value) for key, value in headers if key.lower() not in drop]
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """`headers` less the hop-by-hop ones, including those the Connection field names, and
+    less Content-Length: the sender rebuilds the framing for the next hop."""
+    drop = HOP_BY_HOP | tokens(headers, b"connection") | {b"content-length"}
+    return [(key, value) for key, value in headers if key.lower() not in drop]
+
+
+def forwarded_for(headers: Headers, client_ip: str) -> bytes:
+    """The X-Forwarded-For value with `client_ip` appended, as nginx's
+    $proxy_add_x_forwarded_for and HAProxy's `option forwardfor` do."""
+    previous = get_all(headers, b"x-forwarded-for")
+    if previous:
+        return b", ".join(previous) + b", " + client_ip.encode()
+    return client_ip.encode()
+
+
+def forwarding(headers: Headers, client_ip: str, scheme: str) -> Headers:
+    """End-to-end `headers` with X-Forwarded-For appended and X-Forwarded-Proto set."""
+    kept = without(end_to_end(headers), (b"x-forwarded-for", b"x-forwarded-proto"))
+    kept.append((b"X-Forwarded-For", forwarded_for(headers, client_ip)))
+    kept.append((b"X-Forwarded-Proto", scheme.encode()))
+    return kept

@@ -1,0 +1,49 @@
+"""Named limits and timeouts of the HTTP core, each with the precedent it follows.
+
+These are defaults: every server and pool takes its own values, so a test can shrink them.
+"""
+
+from __future__ import annotations
+
+# Request line plus header block. nginx: 1 KiB + 4 x 8 KiB large buffers; HAProxy: 16 KiB
+# (tune.bufsize); Node: 16 KiB. 16 KiB admits real browsers with big cookies.
+MAX_HEADER_BYTES = 16 * 1024
+
+# Request body. nginx's client_max_body_size is 1 MiB; the core's default is larger because
+# the balancer must pass uploads through, and each tier sets its own.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+# Whole request head must arrive within this. nginx client_header_timeout: 60 s;
+# HAProxy's documented `timeout http-request` example: 10 s (slowloris defence).
+REQUEST_TIMEOUT = 10.0
+
+# Idle keep-alive connection. nginx keepalive_timeout: 75 s; HAProxy suggests 1-10 s.
+KEEPALIVE_TIMEOUT = 15.0
+
+# Silence between two reads of a request body. nginx client_body_timeout: 60 s.
+BODY_TIMEOUT = 60.0
+
+# A peer that does not read what we send. nginx send_timeout: 60 s.
+SEND_TIMEOUT = 60.0
+
+# Bytes buffered per connection before reading from the other side pauses. asyncio's own
+# default write high-water mark is 64 KiB; the read side mirrors it.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+# An unread request body is read and dropped up to this size so the connection can be
+# kept; past it the connection is closed (nginx discards, lingering, with a time bound).
+DISCARD_BODY_BYTES = 64 * 1024
+
+# Upstream pools. nginx proxy_connect_timeout / proxy_read_timeout: 60 s; HAProxy's
+# documented examples: 5 s connect, 50 s server.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0
+# nginx `keepalive 32` in an upstream block is the usual recommendation.
+MAX_IDLE_CONNECTIONS = 32
+# Below the common upstream keepalive timeouts (nginx 75 s, uvicorn 5 s is the outlier),
+# so a pooled connection is dropped by us before the server drops it under us.
+POOL_IDLE_TIMEOUT = 4.0
+
+# How long graceful shutdown waits for in-flight requests. systemd's TimeoutStopSec: 90 s.
+DRAIN_TIMEOUT = 30.0

@@ -1,0 +1,264 @@
+"""HTTP/1.1 message parsing with no I/O: feed bytes, get events.
+
+The only module that imports httptools (llhttp, Node's parser). llhttp is strict by default
+and already refuses the request-smuggling shapes: Content-Length with Transfer-Encoding,
+two Content-Length fields, a Transfer-Encoding that does not end in `chunked`, bare LF,
+whitespace before a colon, obs-fold. This layer adds what llhttp leaves to its caller: the
+header-size limit, HTTP versions other than 1.0/1.1, upgrade requests, and bodiless
+responses to HEAD.
+
+    parser = RequestParser()
+    for event in parser.feed(data):
+        RequestHead / ResponseHead   a message's head
+        bytes                        a piece of its body, framing removed
+        END                          the message is complete
+
+A malformed message raises a `ProtocolError` that carries the status to answer with; the
+parser is unusable after that and the connection must be closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import httptools
+
+from foobar.http import headers as hdrs
+from foobar.http.errors import HeadersTooLarge, ProtocolError, VersionNotSupported
+from foobar.http.limits import MAX_HEADER_BYTES
+
+
+class EndOfMessage:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END: Final = EndOfMessage()
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: str
+    target: bytes
+    version: str
+    headers: hdrs.Headers
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+    expect_continue: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: str
+    headers: hdrs.Headers
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+
+
+Event = RequestHead | ResponseHead | bytes | EndOfMessage
+
+SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+
+
+class _Parser:
+    """What requests and responses share: collecting the head, counting its size."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+        self._events: list[Event] = []
+        self._headers: hdrs.Headers = []
+        self._head_size = 0  # bytes of the head counted by the callbacks
+        self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
+        self._in_head = False
+        self._in_body = False
+        self._parser = self._new_parser()
+
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        raise NotImplementedError  # pragma: no cover - both subclasses define it
+
+    @property
+    def in_message(self) -> bool:
+        """True while a message has started and not ended: bytes of it were received."""
+        return self._in_head or self._in_body
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = self._events = []
+        continuing_head = self._in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # llhttp stops after an upgrade (or CONNECT) request's head. Neither is
+            # supported, so the message is treated as a plain one (the Upgrade field is
+            # hop-by-hop and never forwarded) and parsing goes on with a fresh parser.
+            self._check_upgrade()
+            offset = upgrade.args[0]
+            self._parser = self._new_parser()
+            events.extend(self.feed(data[offset:]))
+            self._events = events
+        except ProtocolError:
+            raise
+        except httptools.HttpParserError as exc:
+            reason = str(exc)
+            if "version" in reason.lower():
+                raise VersionNotSupported(reason) from exc
+            raise ProtocolError(reason) from exc
+        if self._in_head and continuing_head:
+            # httptools buffers a half-received header value without calling back, so
+            # the callbacks alone would let one endless header grow without bound.
+            self._raw_head_size += len(data)
+            if self._raw_head_size > self.max_header_bytes:
+                raise HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+        return events
+
+    def _check_upgrade(self) -> None:
+        pass
+
+    def _count(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.max_header_bytes:
+            raise HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_size = self._raw_head_size = 0
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._events.append(END)
+
+    def _framing(self) -> tuple[bool, int | None]:
+        chunked = False
+        length = None
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                chunked = True  # llhttp has checked that it ends in `chunked`
+            elif lowered == b"content-length":
+                length = int(value)  # llhttp has checked the digits and duplicates
+        return chunked, length
+
+
+class RequestParser(_Parser):
+    _parser: httptools.HttpRequestParser
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self._target = b""
+        super().__init__(max_header_bytes)
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        return httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._target = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        self._target += url
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in SUPPORTED_VERSIONS:
+            raise VersionNotSupported(f"HTTP/{version} is not supported")
+        chunked, length = self._framing()
+        if chunked and version == "1.0":
+            # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
+            # treat the framing as faulty and close; refusing is the safe reading.
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+        expect = hdrs.get(self._headers, b"expect")
+        self._events.append(
+            RequestHead(
+                method=parser.get_method().decode("ascii"),
+                target=self._target,
+                version=version,
+                headers=self._headers,
+                keep_alive=parser.should_keep_alive(),
+                chunked=chunked,
+                content_length=length,
+                expect_continue=(
+                    expect is not None and expect.lower() == b"100-continue" and version == "1.1"
+                ),
+            )
+        )
+
+    def _check_upgrade(self) -> None:
+        if self._parser.get_method() == b"CONNECT":
+            raise ProtocolError("CONNECT is not supported", status=405)
+
+
+class ResponseParser(_Parser):
+    """Parses the responses of one upstream connection. Call `expect_head_response()`
+    before the response to a HEAD request: llhttp cannot know it has no body."""
+
+    _parser: httptools.HttpResponseParser
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self._reason = b""
+        self._head_response = False
+        super().__init__(max_header_bytes)
+
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self)
+
+    def expect_head_response(self) -> None:
+        self._head_response = True
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._count(len(reason))
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in SUPPORTED_VERSIONS:
+            raise VersionNotSupported(f"HTTP/{version} is not supported")
+        chunked, length = self._framing()
+        status = parser.get_status_code()
+        self._events.append(
+            ResponseHead(
+                status=status,
+                reason=self._reason,
+                version=version,
+                headers=self._headers,
+                keep_alive=parser.should_keep_alive(),
+                chunked=chunked,
+                content_length=length,
+            )
+        )
+        if self._head_response and status >= 200:
+            # The response ends with its head. Bytes after it would be a response to a
+            # request never sent; the connection is not reused (see client.py).
+            self._head_response = False
+            self._in_body = False
+            self._events.append(END)
+            self._parser = self._new_parser()

@@ -1,0 +1,691 @@
+"""The HTTP/1.1 server every tier runs: one `Connection` protocol per client connection and
+one task per connection that answers its requests in order.
+
+A tier gives a handler, `async def handler(request: Request) -> Response`. The request body
+is read as a stream (`async for chunk in request.body`), the response body may be bytes or
+an async iterable of bytes; neither is held whole in memory. Flow control both ways: the
+socket stops being read while more than `high_water` body bytes wait for the handler, and
+the response writer waits whenever the client's socket buffer is over its high-water mark.
+
+What the core decides so no tier has to: framing (Content-Length or chunked, or close for
+HTTP/1.0), no body for HEAD, 1xx, 204 and 304, `Expect: 100-continue`, keep-alive and
+pipelining, the Date header, the limits and timeouts of `ServerConfig`, and an error
+response with the right status for any `HTTPError` the parser or handler raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Final
+
+from foobar.http import headers as hdrs
+from foobar.http import limits
+from foobar.http.errors import (
+    BodyTooLarge,
+    ConnectionClosed,
+    HTTPError,
+    ProtocolError,
+    RequestTimeout,
+)
+from foobar.http.flow import FlowControlled
+from foobar.http.parser import END, Event, RequestHead, RequestParser
+
+log = logging.getLogger("foobar.http.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    max_header_bytes: int = limits.MAX_HEADER_BYTES
+    max_body_bytes: int = limits.MAX_BODY_BYTES
+    request_timeout: float = limits.REQUEST_TIMEOUT
+    keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
+    body_timeout: float = limits.BODY_TIMEOUT
+    send_timeout: float = limits.SEND_TIMEOUT
+    high_water: int = limits.HIGH_WATER
+    low_water: int = limits.LOW_WATER
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: hdrs.Headers = field(default_factory=list)
+    body: bytes | AsyncIterable[bytes] = b""
+    reason: bytes | None = None
+
+
+Handler = Callable[["Request"], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One answered request, as the access log and metrics see it."""
+
+    request: Request
+    status: int
+    bytes_sent: int
+    started: float  # time.time() when the head was complete
+    duration: float  # seconds until the last response byte was written
+
+
+OnResponse = Callable[[Exchange], None]
+
+
+def error_response(status: int, detail: str = "") -> Response:
+    """A small plain-text error page, `Connection: close` left to the caller."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    text = f"{status} {phrase}\n" + (f"{detail}\n" if detail else "")
+    return Response(status, [(b"Content-Type", b"text/plain; charset=utf-8")], text.encode())
+
+
+class Request:
+    """A request whose head has arrived; its body streams in through `body`."""
+
+    __slots__ = ("_connection", "body", "client", "head", "scheme", "upstream")
+
+    def __init__(self, head: RequestHead, connection: Connection) -> None:
+        self.head = head
+        self.body = RequestBody(head, connection)
+        self.client: tuple[str, int] = connection.peer
+        self.scheme = connection.scheme
+        self.upstream: dict[str, str] = {}  # what a proxying handler tells the access log
+        self._connection = connection
+
+    @property
+    def method(self) -> str:
+        return self.head.method
+
+    @property
+    def target(self) -> bytes:
+        return self.head.target
+
+    @property
+    def path(self) -> bytes:
+        return self.head.target.partition(b"?")[0]
+
+    @property
+    def query(self) -> bytes:
+        return self.head.target.partition(b"?")[2]
+
+    @property
+    def headers(self) -> hdrs.Headers:
+        return self.head.headers
+
+    def header(self, name: bytes) -> bytes | None:
+        return hdrs.get(self.head.headers, name)
+
+
+class RequestBody:
+    """The body of one request, chunk by chunk: `async for chunk in body`, or
+    `await body.read()` for a body small enough to hold (bounded by `max_body_bytes`)."""
+
+    __slots__ = ("_connection", "_expect_continue", "complete", "received")
+
+    def __init__(self, head: RequestHead, connection: Connection) -> None:
+        self._connection = connection
+        self._expect_continue = head.expect_continue and head.has_body
+        self.received = 0
+        # False even without a body: the parser's END for it is still queued.
+        self.complete = False
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body, or None at its end."""
+        if self.complete:
+            return None
+        connection = self._connection
+        if self._expect_continue:
+            self._expect_continue = False
+            connection.send_continue()
+        event = await connection.next_event(waiting_for_body=True)
+        if event is END:
+            self.complete = True
+            return None
+        assert isinstance(event, bytes)
+        self.received += len(event)
+        if self.received > connection.config.max_body_bytes:
+            raise BodyTooLarge(f"request body over {connection.config.max_body_bytes} bytes")
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    @property
+    def continue_withheld(self) -> bool:
+        """The client waits for `100 Continue` that was never sent: its body may or may
+        not follow, so the connection cannot be reused."""
+        return self._expect_continue and not self.complete
+
+
+class ServerState:
+    """What the graceful shutdown needs: the open connections and whether we are closing."""
+
+    def __init__(self) -> None:
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
+
+    def add(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        self.all_closed.clear()
+
+    def discard(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self.all_closed.set()
+
+
+_DATE_CACHE: list[Any] = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted once a second."""
+    now = int(time.time())
+    if _DATE_CACHE[0] != now:
+        _DATE_CACHE[0] = now
+        _DATE_CACHE[1] = email.utils.formatdate(now, usegmt=True).encode()
+    return bytes(_DATE_CACHE[1])
+
+
+# Response fields the writer owns: a handler's copies would contradict the real framing.
+_FRAMING_FIELDS: Final = frozenset({b"connection", b"transfer-encoding", b"keep-alive"})
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int, reason: bytes | None) -> bytes:
+    if reason is None:
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+            line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+class Connection(FlowControlled):
+    """One client connection: parses what arrives, queues it for the serving task, and
+    writes responses with flow control. Timeouts share one `call_at` handle that is moved
+    only when it fires early, so activity costs a float store, not a timer reset."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig,
+        state: ServerState,
+        on_response: OnResponse | None,
+        scheme: str,
+    ) -> None:
+        super().__init__(config.high_water, config.low_water)
+        self.handler = handler
+        self.config = config
+        self.state = state
+        self.on_response = on_response
+        self.scheme = scheme
+        self.parser = RequestParser(config.max_header_bytes)
+        self.peer: tuple[str, int] = ("", 0)
+        self._error: HTTPError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._in_request = False  # the handler or response writer is running
+        self._requests = 0
+        # timeouts
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._last_read = self._last_write = self.loop.time()
+        self._head_started: float | None = None  # first byte of an incomplete head
+        self._waiting_head = False
+        self._waiting_body = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("unix", 0)
+        self._head_started = self.loop.time()  # a new connection owes its head at once
+        self.state.add(self)
+        self._task = self.loop.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        if self._head_started is None and self._waiting_head:
+            self._head_started = self._last_read
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if events:
+            self.queue(events)
+
+    def eof_received(self) -> bool | None:
+        # A client may half-close after its last request and still read the answer.
+        self._closed_by_peer()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed_by_peer()
+        self.wake_drain(ConnectionClosed("client closed the connection"))
+        if self._timer is not None:
+            self._timer.cancel()
+        self.state.discard(self)
+        if self._in_request and self._task is not None:
+            # nginx's default (proxy_ignore_client_abort off): abandon the work, so a
+            # proxied request or a database query is cancelled with its client.
+            self._task.cancel()
+
+    def resume_writing(self) -> None:
+        self._last_write = self.loop.time()
+        super().resume_writing()
+
+    # the serving task
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                head = await self._next_head()
+                if head is None:
+                    break
+                if not await self._answer(head):
+                    break
+                self._requests += 1
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+        finally:
+            self._close()
+
+    async def _next_head(self) -> RequestHead | None:
+        """The next request's head; None when the connection ends quietly. A malformed or
+        late head is answered with its error status here."""
+        self._waiting_head = True
+        self._head_started = self._head_started if self._requests == 0 else None
+        if self.parser.in_message:
+            self._head_started = self._last_read
+        try:
+            event = await self.next_event()
+        except ConnectionClosed:
+            return None
+        except HTTPError as exc:
+            await self._send_error(exc, exc.status)
+            return None
+        finally:
+            self._waiting_head = False
+        assert isinstance(event, RequestHead), event
+        return event
+
+    async def _answer(self, head: RequestHead) -> bool:
+        """Run the handler for one request and write its response; True to keep going."""
+        request = Request(head, self)
+        started, clock = time.time(), self.loop.time()
+        self._in_request = True
+        try:
+            return await self._answer_request(request, started, clock)
+        finally:
+            self._in_request = False
+
+    async def _answer_request(self, request: Request, started: float, clock: float) -> bool:
+        head = request.head
+        keep_alive = head.keep_alive
+        if head.content_length is not None and head.content_length > self.config.max_body_bytes:
+            response = error_response(413, "request body too large")
+            keep_alive = False
+        else:
+            try:
+                response = await self.handler(request)
+            except HTTPError as exc:
+                if isinstance(exc, ConnectionClosed):
+                    raise
+                response = error_response(exc.status, str(exc))
+                keep_alive = keep_alive and exc.status < 500 and not _breaks_framing(exc)
+            except Exception:
+                log.exception("event=handler_error method=%s target=%r", head.method, head.target)
+                response = error_response(500)
+                keep_alive = False
+        if request.body.continue_withheld:
+            keep_alive = False
+        keep_alive = keep_alive and not self.state.closing
+        sent, complete = await self._write_response(request, response, keep_alive)
+        if self.on_response is not None:
+            self.on_response(
+                Exchange(request, response.status, sent, started, self.loop.time() - clock)
+            )
+        if not (keep_alive and complete):
+            return False
+        return await self._discard_body(request)
+
+    async def _discard_body(self, request: Request) -> bool:
+        """Read and drop what the handler left of the body; False to close instead."""
+        body = request.body
+        if body.complete:
+            return True
+        head = request.head
+        if head.content_length is not None and (
+            head.content_length - body.received > limits.DISCARD_BODY_BYTES
+        ):
+            return False
+        dropped = 0
+        try:
+            while (chunk := await body.next_chunk()) is not None:
+                dropped += len(chunk)
+                if dropped > limits.DISCARD_BODY_BYTES:
+                    return False
+        except HTTPError:
+            return False
+        return True
+
+    # reading
+
+    async def next_event(self, waiting_for_body: bool = False) -> Event:
+        """The next parsed event, waiting for it with the right timeout running."""
+        while not self.events:
+            if self._error is not None:
+                raise self._error
+            if self.closed:
+                raise ConnectionClosed("client closed the connection")
+            self._waiting_body = waiting_for_body
+            self._arm_timer()
+            try:
+                await self.wait_for_event()
+            finally:
+                self._waiting_body = False
+        return self.pop()
+
+    def _fail(self, exc: HTTPError) -> None:
+        """Stop reading: what follows cannot be trusted. The task answers `exc`."""
+        self._error = exc
+        self.pause_reading()
+        self.closed = True
+        self.wake()
+
+    def _closed_by_peer(self) -> None:
+        self.closed = True
+        self.wake()
+
+    # writing
+
+    def send_continue(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def _drain(self) -> None:
+        if self.drain_waiter is None:
+            return
+        self._last_write = self.loop.time()
+        self._arm_timer()
+        await self.drain()
+
+    async def _write_response(
+        self, request: Request, response: Response, keep_alive: bool
+    ) -> tuple[int, bool]:
+        """Write `response`; returns (body bytes sent, whether the framing was kept)."""
+        transport = self.transport
+        assert transport is not None
+        head = request.head
+        status = response.status
+        body = response.body
+        no_body = head.method == "HEAD" or status < 200 or status in (204, 304)
+        lines = [status_line(status, response.reason)]
+        length: int | None = None
+        has_date = False
+        for name, value in response.headers:
+            lowered = name.lower()
+            if lowered in _FRAMING_FIELDS:
+                continue
+            if lowered == b"content-length":
+                length = int(value)
+                continue
+            if lowered == b"date":
+                has_date = True
+            lines += (name, b": ", value, b"\r\n")
+        if not has_date:
+            lines += (b"Date: ", http_date(), b"\r\n")
+        if isinstance(body, bytes):
+            length = len(body)
+        chunked = length is None and not no_body and head.version == "1.1"
+        if length is None and not no_body and not chunked:
+            keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+        if length is not None and status >= 200 and status != 204:
+            lines += (b"Content-Length: ", str(length).encode(), b"\r\n")
+        elif chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n\r\n")
+        elif head.version == "1.0":
+            lines.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            lines.append(b"\r\n")
+        if transport.is_closing():
+            raise ConnectionClosed("client closed the connection")
+        if isinstance(body, bytes):
+            if not no_body and body:
+                lines.append(body)
+            transport.write(b"".join(lines))
+            await self._drain()
+            return (0 if no_body else length or 0), keep_alive
+        transport.write(b"".join(lines))
+        if no_body:
+            await _close_iterable(body)
+            return 0, keep_alive
+        return await self._stream_body(body, length, chunked, keep_alive)
+
+    async def _stream_body(
+        self, body: AsyncIterable[bytes], length: int | None, chunked: bool, keep_alive: bool
+    ) -> tuple[int, bool]:
+        transport = self.transport
+        assert transport is not None
+        sent = 0
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                sent += len(chunk)
+                if length is not None and sent > length:
+                    raise ProtocolError(f"response body longer than its Content-Length {length}")
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self.drain_waiter is not None:
+                    await self._drain()
+        except (HTTPError, OSError) as exc:
+            if isinstance(exc, ConnectionClosed):
+                raise
+            # The status line is gone: the only way left to say "broken" is to cut the
+            # connection, so the client sees a truncated body, not a complete wrong one.
+            log.warning("event=response_aborted reason=%r sent=%d", str(exc), sent)
+            return sent, False
+        finally:
+            await _close_iterable(body)
+        if length is not None and sent != length:
+            log.warning("event=response_short declared=%d sent=%d", length, sent)
+            return sent, False
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+            await self._drain()
+        return sent, keep_alive
+
+    async def _send_error(self, exc: Exception, status: int) -> None:
+        """Answer a request we could not parse or wait for, then close."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        log.info(
+            "event=request_rejected status=%d peer=%s reason=%r", status, self.peer[0], str(exc)
+        )
+        body = error_response(status, str(exc)).body
+        assert isinstance(body, bytes)
+        self.transport.write(
+            b"".join(
+                [
+                    status_line(status, None),
+                    b"Date: ",
+                    http_date(),
+                    b"\r\n",
+                    b"Content-Type: text/plain; charset=utf-8\r\n",
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body),
+                    body,
+                ]
+            )
+        )
+
+    # timeouts
+
+    def _deadline(self) -> tuple[float, str] | None:
+        config = self.config
+        deadlines = []
+        if self._waiting_head:
+            if self._head_started is not None:
+                deadlines.append((self._head_started + config.request_timeout, "head"))
+            else:
+                deadlines.append((self._last_read + config.keepalive_timeout, "idle"))
+        if self._waiting_body:
+            deadlines.append((self._last_read + config.body_timeout, "body"))
+        if self.drain_waiter is not None:
+            deadlines.append((self._last_write + config.send_timeout, "send"))
+        return min(deadlines) if deadlines else None
+
+    def _arm_timer(self) -> None:
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        when = deadline[0]
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return  # it fires first and re-arms itself for the real deadline
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline()
+        if deadline is None or self.closed:
+            return
+        when, kind = deadline
+        if self.loop.time() < when:
+            self._arm_timer()
+            return
+        if kind == "idle" or (kind == "head" and not self.parser.in_message):
+            log.debug("event=idle_timeout peer=%s", self.peer[0])
+            self._closed_by_peer()  # an idle keep-alive connection ends without a word
+        elif kind == "head":
+            self._fail(RequestTimeout("request head not received in time"))
+        elif kind == "body":
+            self._fail(RequestTimeout("request body not received in time"))
+        else:
+            log.info("event=send_timeout peer=%s", self.peer[0])
+            if self.transport is not None:
+                self.transport.abort()
+
+    # closing
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, otherwise after the current response."""
+        if not self._in_request and not self.parser.in_message and not self.events:
+            self._closed_by_peer()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _breaks_framing(exc: HTTPError) -> bool:
+    """After these the rest of the request cannot be read reliably."""
+    return isinstance(exc, ProtocolError | BodyTooLarge | RequestTimeout)
+
+
+async def _close_iterable(body: AsyncIterable[bytes]) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class Server:
+    """A listening HTTP server with graceful shutdown.
+
+    server = Server(handler, ServerConfig())
+    await server.start("127.0.0.1", 8080)
+    ...
+    await server.shutdown(drain_timeout=30)
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig | None = None,
+        on_response: OnResponse | None = None,
+    ) -> None:
+        self.handler = handler
+        self.config = config or ServerConfig()
+        self.on_response = on_response
+        self.state = ServerState()
+        self._server: asyncio.Server | None = None
+
+        self._scheme = "http"
+
+    def _protocol(self) -> Connection:
+        return Connection(self.handler, self.config, self.state, self.on_response, self._scheme)
+
+    async def start(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        ssl: Any = None,
+        sock: Any = None,
+        reuse_port: bool = False,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._scheme = "http" if ssl is None else "https"
+        self._server = await loop.create_server(
+            self._protocol,
+            host=None if sock is not None else host,
+            port=None if sock is not None else port,
+            sock=sock,
+            ssl=ssl,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None and self._server.sockets
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def shutdown(self, drain_timeout: float = limits.DRAIN_TIMEOUT) -> None:
+        """Stop accepting, let requests in flight finish within `drain_timeout`, close
+        idle connections at once, then cut what remains."""
+        if self._server is not None:
+            self._server.close()
+        self.state.closing = True
+        for connection in list(self.state.connections):
+            connection.shutdown()
+        try:
+            await asyncio.wait_for(self.state.all_closed.wait(), drain_timeout)
+        except TimeoutError:
+            left = list(self.state.connections)
+            log.warning("event=drain_timeout connections=%d", len(left))
+            for connection in left:
+                connection.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
