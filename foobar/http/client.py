@@ -88,6 +88,7 @@ class UpstreamConnection(FlowControlled):
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
+            self.queue(exc.events)
             self._fail(UpstreamProtocolError(f"invalid response from upstream: {exc}"))
             return
         if events:

@@ -6,6 +6,8 @@ the server turns any of them into a response without a table of its own.
 
 from __future__ import annotations
 
+from typing import Any
+
 from foobar.errors import FoobarError
 
 
@@ -19,9 +21,11 @@ class HTTPError(FoobarError):
 
 
 class ProtocolError(HTTPError):
-    """A peer sent a message HTTP/1.1 does not allow; the connection cannot be trusted."""
+    """A peer sent a message HTTP/1.1 does not allow; the connection cannot be trusted.
+    `events` holds what the parser produced before the fault."""
 
     status = 400
+    events: list[Any] = []  # noqa: RUF012 - replaced per instance by the parser
 
 
 class HeadersTooLarge(ProtocolError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import cast
 
 from foobar.http.parser import Event
 
@@ -33,8 +34,8 @@ class FlowControlled(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(self.high_water, self.low_water)
 
     def queue(self, events: list[Event]) -> None:

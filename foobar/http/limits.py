@@ -45,5 +45,9 @@ MAX_IDLE_CONNECTIONS = 32
 # so a pooled connection is dropped by us before the server drops it under us.
 POOL_IDLE_TIMEOUT = 4.0
 
+# Lingering close: how long unread input is drained after our FIN before closing, so the
+# client reads our last response instead of a reset. nginx lingering_timeout: 5 s.
+LINGER_TIMEOUT = 2.0
+
 # How long graceful shutdown waits for in-flight requests. systemd's TimeoutStopSec: 90 s.
 DRAIN_TIMEOUT = 30.0

@@ -13,14 +13,15 @@ responses to HEAD.
         bytes                        a piece of its body, framing removed
         END                          the message is complete
 
-A malformed message raises a `ProtocolError` that carries the status to answer with; the
-parser is unusable after that and the connection must be closed.
+A malformed message raises a `ProtocolError` that carries the status to answer with and,
+in `events`, what was parsed before the fault (earlier pipelined requests are still
+answered); the parser is unusable after that and the connection must be closed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
 import httptools
 
@@ -82,6 +83,7 @@ class _Parser:
         self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
         self._in_head = False
         self._in_body = False
+        self._refusal: ProtocolError | None = None
         self._parser = self._new_parser()
 
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
@@ -101,33 +103,49 @@ class _Parser:
             # llhttp stops after an upgrade (or CONNECT) request's head. Neither is
             # supported, so the message is treated as a plain one (the Upgrade field is
             # hop-by-hop and never forwarded) and parsing goes on with a fresh parser.
-            self._check_upgrade()
+            self._check_upgrade(events)
             offset = upgrade.args[0]
             self._parser = self._new_parser()
-            events.extend(self.feed(data[offset:]))
+            try:
+                events.extend(self.feed(data[offset:]))
+            except ProtocolError as error:
+                error.events = events + error.events
+                raise
             self._events = events
-        except ProtocolError:
-            raise
         except httptools.HttpParserError as exc:
-            reason = str(exc)
-            if "version" in reason.lower():
-                raise VersionNotSupported(reason) from exc
-            raise ProtocolError(reason) from exc
+            # httptools turns an exception raised in a callback into its own
+            # HttpParserCallbackError; ours was kept aside in _refusal.
+            error, self._refusal = self._refusal, None
+            if error is None:
+                reason = str(exc)
+                invalid_version = reason == "Invalid HTTP version"
+                error = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
+            error.events = events
+            raise error from exc
         if self._in_head and continuing_head:
             # httptools buffers a half-received header value without calling back, so
-            # the callbacks alone would let one endless header grow without bound.
+            # the callbacks alone would let one endless header grow without bound. The
+            # read in which a head starts is not counted (where in it the head starts is
+            # unknown), so an unfinished head is held to the limit plus one read.
             self._raw_head_size += len(data)
             if self._raw_head_size > self.max_header_bytes:
-                raise HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+                error = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+                error.events = events
+                raise error
         return events
 
-    def _check_upgrade(self) -> None:
+    def _check_upgrade(self, events: list[Event]) -> None:
         pass
+
+    def _refuse(self, error: ProtocolError) -> NoReturn:
+        """Raise from a callback: httptools hides the exception, so keep it for feed()."""
+        self._refusal = error
+        raise error
 
     def _count(self, size: int) -> None:
         self._head_size += size
         if self._head_size > self.max_header_bytes:
-            raise HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
 
     # httptools callbacks
 
@@ -182,13 +200,15 @@ class RequestParser(_Parser):
         self._in_body = True
         parser = self._parser
         version = parser.get_http_version()
+        if version == "0.9":  # llhttp's reading of a request line with no version
+            self._refuse(ProtocolError("request line without an HTTP version"))
         if version not in SUPPORTED_VERSIONS:
-            raise VersionNotSupported(f"HTTP/{version} is not supported")
+            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
         chunked, length = self._framing()
         if chunked and version == "1.0":
             # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
             # treat the framing as faulty and close; refusing is the safe reading.
-            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+            self._refuse(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
         expect = hdrs.get(self._headers, b"expect")
         self._events.append(
             RequestHead(
@@ -205,9 +225,11 @@ class RequestParser(_Parser):
             )
         )
 
-    def _check_upgrade(self) -> None:
+    def _check_upgrade(self, events: list[Event]) -> None:
         if self._parser.get_method() == b"CONNECT":
-            raise ProtocolError("CONNECT is not supported", status=405)
+            error = ProtocolError("CONNECT is not supported", status=405)
+            error.events = events[:-2]  # its own head and end are not answered
+            raise error
 
 
 class ResponseParser(_Parser):
@@ -241,7 +263,7 @@ class ResponseParser(_Parser):
         parser = self._parser
         version = parser.get_http_version()
         if version not in SUPPORTED_VERSIONS:
-            raise VersionNotSupported(f"HTTP/{version} is not supported")
+            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
         chunked, length = self._framing()
         status = parser.get_status_code()
         self._events.append(

@@ -233,6 +233,8 @@ class Connection(FlowControlled):
         self.parser = RequestParser(config.max_header_bytes)
         self.peer: tuple[str, int] = ("", 0)
         self._error: HTTPError | None = None
+        self._peer_eof = False
+        self._lingering = False
         self._task: asyncio.Task[None] | None = None
         self._in_request = False  # the handler or response writer is running
         self._requests = 0
@@ -255,18 +257,24 @@ class Connection(FlowControlled):
         self._task = self.loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         self._last_read = self.loop.time()
         if self._head_started is None and self._waiting_head:
             self._head_started = self._last_read
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
+            self.queue(exc.events)
             self._fail(exc)
             return
         if events:
             self.queue(events)
 
     def eof_received(self) -> bool | None:
+        self._peer_eof = True
+        if self._lingering:
+            return False
         # A client may half-close after its last request and still read the answer.
         self._closed_by_peer()
         return True
@@ -604,8 +612,19 @@ class Connection(FlowControlled):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._peer_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close, as nginx does: closing with unread input makes the kernel send
+        # a reset that can destroy the response (a 413, a 431) before the client reads
+        # it. Send FIN, drop what still arrives, and close on the client's FIN or soon.
+        self._lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(limits.LINGER_TIMEOUT, transport.close)
 
 
 def _breaks_framing(exc: HTTPError) -> bool:

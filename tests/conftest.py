@@ -1,0 +1,100 @@
+"""Helpers every test uses: uvloop as the loop, a server on a free loopback port, and a
+raw-socket client that sends exactly the bytes it is given."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import uvloop
+
+from foobar.http.server import Handler, Server, ServerConfig
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test runs on uvloop, the loop every entry point uses."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+class RawClient:
+    """One TCP connection driven byte by byte."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> RawClient:
+        reader, writer = await asyncio.open_connection(*address)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+        """Read one response: (status, lower-cased headers, body). Handles both framings."""
+        async with asyncio.timeout(timeout):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = b""
+            if "content-length" in headers:
+                body = await self.reader.readexactly(int(headers["content-length"]))
+            elif headers.get("transfer-encoding") == "chunked":
+                while True:
+                    size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    chunk = await self.reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+                    body += chunk[:-2]
+            return status, headers, body
+
+    async def head_only(self, timeout: float = 5.0) -> tuple[int, dict[str, str]]:
+        """Read a response to HEAD (or 1xx/204/304): the head and nothing more."""
+        async with asyncio.timeout(timeout):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        return int(lines[0].split()[1]), headers
+
+    async def closed(self, timeout: float = 5.0) -> bool:
+        """True when the server closed the connection (EOF with nothing more sent)."""
+        try:
+            async with asyncio.timeout(timeout):
+                rest = await self.reader.read()
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return rest == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def start_server(handler: Handler, config: ServerConfig | None = None) -> Server:
+    server = Server(handler, config)
+    await server.start("127.0.0.1", 0)
+    return server
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[Server]]:
+    """Servers appended here are shut down after the test."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        await server.shutdown(drain_timeout=1.0)
