@@ -5,13 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs the tests need from the system (see scripts/system-packages)
-TEST_PACKAGES := python3-venv:python3-venv gcc:gcc
+TEST_PACKAGES := python3-venv:python3-venv
 
 .PHONY: test lint typecheck pytest clean
 
 test: lint typecheck pytest
 
 $(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "foobar needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V)" >&2; exit 1; }
 	@scripts/system-packages $(TEST_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

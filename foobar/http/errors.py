@@ -25,7 +25,7 @@ class ProtocolError(HTTPError):
     `events` holds what the parser produced before the fault."""
 
     status = 400
-    events: list[Any] = []  # noqa: RUF012 - replaced per instance by the parser
+    events: list[Any] = []
 
 
 class HeadersTooLarge(ProtocolError):

@@ -108,20 +108,20 @@ class _Parser:
             self._parser = self._new_parser()
             try:
                 events.extend(self.feed(data[offset:]))
-            except ProtocolError as error:
-                error.events = events + error.events
+            except ProtocolError as later:
+                later.events = events + later.events
                 raise
             self._events = events
         except httptools.HttpParserError as exc:
             # httptools turns an exception raised in a callback into its own
             # HttpParserCallbackError; ours was kept aside in _refusal.
-            error, self._refusal = self._refusal, None
-            if error is None:
+            refusal, self._refusal = self._refusal, None
+            if refusal is None:
                 reason = str(exc)
                 invalid_version = reason == "Invalid HTTP version"
-                error = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
-            error.events = events
-            raise error from exc
+                refusal = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
+            refusal.events = events
+            raise refusal from exc
         if self._in_head and continuing_head:
             # httptools buffers a half-received header value without calling back, so
             # the callbacks alone would let one endless header grow without bound. The
@@ -129,9 +129,9 @@ class _Parser:
             # unknown), so an unfinished head is held to the limit plus one read.
             self._raw_head_size += len(data)
             if self._raw_head_size > self.max_header_bytes:
-                error = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
-                error.events = events
-                raise error
+                too_large = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+                too_large.events = events
+                raise too_large
         return events
 
     def _check_upgrade(self, events: list[Event]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -279,10 +280,8 @@ async def test_connect_timeout_is_504(pools: list[UpstreamPool]) -> None:
         for _ in range(8):
             filler = socket.socket()
             filler.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
             fillers.append(filler)
         await asyncio.sleep(0.1)
         pool = pool_for(pools, port, connect_timeout=0.3)

@@ -114,9 +114,10 @@ async def test_streamed_response_is_chunked_and_sized_one_uses_content_length(
     client = await RawClient.connect(server.address)
     await client.send(b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n")
     status, headers, body = await client.response()
+    assert status == 200
     assert headers["transfer-encoding"] == "chunked" and body == b"one two three"
     await client.send(b"GET /sized HTTP/1.1\r\nHost: a\r\n\r\n")
-    status, headers, body = await client.response()
+    _, headers, body = await client.response()
     assert headers["content-length"] == "13" and "transfer-encoding" not in headers
     assert body == b"one two three"
     # HTTP/1.0 cannot take chunked: the body ends with the connection.
