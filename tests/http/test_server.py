@@ -397,3 +397,26 @@ async def test_shutdown_cuts_what_outlives_the_drain_timeout() -> None:
     await asyncio.sleep(0.05)
     await asyncio.wait_for(server.shutdown(drain_timeout=0.2), 2)
     assert await client.closed()
+
+
+async def test_client_that_never_reads_holds_the_writer_then_is_cut(servers: list[Server]) -> None:
+    produced = 0
+
+    async def firehose(request: Request) -> Response:
+        async def forever() -> AsyncIterator[bytes]:
+            nonlocal produced
+            for _ in range(100_000):  # bounded: 6.4 GB if backpressure failed
+                produced += 1
+                yield b"z" * 65536
+
+        return Response(200, [], forever())
+
+    server = await start_server(firehose, ServerConfig(send_timeout=0.3))
+    servers.append(server)
+    client = await RawClient.connect(server.address)
+    await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(1.0)  # never read: the kernel buffers fill, then ours
+    # the producer was held at the high-water mark, not run ahead into memory
+    assert produced < 200
+    await asyncio.sleep(0.2)
+    assert not server.state.connections  # cut after send_timeout without progress
