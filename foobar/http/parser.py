@@ -165,6 +165,17 @@ class _Parser:
         self._in_body = False
         self._events.append(END)
 
+    def _head_complete(self) -> str:
+        """Mark the head done and return its HTTP version, refusing all but 1.0 and 1.1."""
+        self._in_head = False
+        self._in_body = True
+        version: str = self._parser.get_http_version()
+        if version == "0.9":  # llhttp's reading of a start line with no version
+            self._refuse(ProtocolError("start line without an HTTP version"))
+        if version not in SUPPORTED_VERSIONS:
+            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
+        return version
+
     def _framing(self) -> tuple[bool, int | None]:
         chunked = False
         length = None
@@ -196,14 +207,8 @@ class RequestParser(_Parser):
         self._target += url
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
+        version = self._head_complete()
         parser = self._parser
-        version = parser.get_http_version()
-        if version == "0.9":  # llhttp's reading of a request line with no version
-            self._refuse(ProtocolError("request line without an HTTP version"))
-        if version not in SUPPORTED_VERSIONS:
-            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
         chunked, length = self._framing()
         if chunked and version == "1.0":
             # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
@@ -258,12 +263,8 @@ class ResponseParser(_Parser):
         self._reason += reason
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._in_body = True
+        version = self._head_complete()
         parser = self._parser
-        version = parser.get_http_version()
-        if version not in SUPPORTED_VERSIONS:
-            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
         chunked, length = self._framing()
         status = parser.get_status_code()
         self._events.append(
