@@ -6,19 +6,22 @@ catches one family and a client never sees a traceback. The whole tree:
 
     FoobarError
     ├── ConfigError                  bad settings: every problem, each with its key
-    └── HTTPError                    carries `status`, the response the peer should get
-        ├── ProtocolError            400: a malformed message (foobar.http.errors)
-        │   ├── HeadersTooLarge      431
-        │   └── VersionNotSupported  505
-        ├── BodyTooLarge             413
-        ├── RequestTimeout           408
-        └── UpstreamError            502: an upstream server failed us
-            ├── UpstreamConnectError     refused / unreachable: no byte was sent
-            ├── UpstreamClosed           reset or closed before a complete response
-            ├── UpstreamProtocolError    an upstream answered with a malformed message
-            └── UpstreamTimeout          504
-                ├── ConnectTimeout
-                └── ReadTimeout
+    ├── HTTPError                    carries `status`, the response the peer should get
+    │   ├── ProtocolError            400: a malformed message (foobar.http.errors)
+    │   │   ├── HeadersTooLarge      431
+    │   │   └── VersionNotSupported  505
+    │   ├── BodyTooLarge             413
+    │   ├── RequestTimeout           408
+    │   ├── ConnectionClosed         499 (nginx's code): the client went away mid-request
+    │   └── UpstreamError            502: an upstream server failed us
+    │       ├── UpstreamConnectError     refused / unreachable: no byte was sent
+    │       ├── UpstreamClosed           reset or closed before a complete response
+    │       ├── UpstreamProtocolError    an upstream answered with a malformed message
+    │       └── UpstreamTimeout          504
+    │           ├── ConnectTimeout       (also an UpstreamConnectError: nothing was sent)
+    │           └── ReadTimeout
+    └── DbError                      foobar.db: a server cannot be set up, reached or
+                                     switched over (foobar.db.errors)
 
 Each tier adds its own branches under `FoobarError` beside these.
 """

@@ -1,0 +1,81 @@
+"""python -m foobar.db serve | init | status | promote
+
+serve    set up the cluster (managed: start the servers) and watch it until SIGTERM
+init     only prepare the data directories
+status   print the cluster's state (exit 1 when unhealthy)       --admin HOST:PORT
+promote  planned switchover to a replica                         --admin HOST:PORT [--to NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from foobar import logs
+from foobar.db import cli
+from foobar.db.errors import DbError
+from foobar.db.serve import run
+from foobar.db.settings import DbSettings
+from foobar.db.supervisor import Supervisor
+from foobar.settings import HostPort, from_command_line, new_parser, parse_host_port
+
+COMMANDS = ("serve", "init", "status", "promote")
+
+
+def settings_parser(command: str) -> argparse.ArgumentParser:
+    parser = new_parser(DbSettings, f"foobar.db {command}")
+    parser.prog = f"python -m foobar.db {command}"
+    parser.add_argument("--mode", choices=["managed", "external"])
+    parser.add_argument(
+        "--state-dir", dest="state_dir", help="data directories, sockets, logs, secrets"
+    )
+    parser.add_argument("--bind-host", dest="bind_host")
+    parser.add_argument("--primary-port", dest="primary_port", type=int)
+    parser.add_argument("--replica-port", dest="replica_port", type=int)
+    return parser
+
+
+def admin_address(value: str) -> HostPort:
+    try:
+        address = parse_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    assert isinstance(address, HostPort)
+    return address
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        if args and args[0] in ("-h", "--help"):
+            print(__doc__)
+            return 0
+        print(f"usage: python -m foobar.db {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    command, rest = args[0], args[1:]
+    if command in ("status", "promote"):
+        parser = argparse.ArgumentParser(prog=f"python -m foobar.db {command}")
+        parser.add_argument("--admin", type=admin_address, required=True, metavar="HOST:PORT")
+        if command == "promote":
+            parser.add_argument("--to", help="the replica to promote (default: the first)")
+        options = parser.parse_args(rest)
+        if command == "status":
+            return uvloop.run(cli.status(options.admin))
+        return uvloop.run(cli.promote(options.admin, options.to))
+    settings = from_command_line(DbSettings, settings_parser(command), rest)
+    logs.setup(settings.log_level)
+    try:
+        if command == "init":
+            uvloop.run(Supervisor(settings).initialize())
+            return 0
+        return uvloop.run(run(settings))
+    except DbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`python -m foobar.db serve`: the supervisor, its admin listener, and the signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from foobar.admin import Admin, json_response
+from foobar.db.errors import DbError
+from foobar.db.settings import DbSettings
+from foobar.db.supervisor import Supervisor
+from foobar.http.server import Request, Response
+
+log = logging.getLogger("foobar.db")
+
+
+def admin_for(supervisor: Supervisor) -> Admin:
+    async def health() -> tuple[bool, str]:
+        return supervisor.health()
+
+    async def status() -> Mapping[str, Any]:
+        return supervisor.status()
+
+    async def promote(request: Request) -> Response:
+        body = await request.body.read()
+        try:
+            options = json.loads(body) if body.strip() else {}
+            target = options.get("to") if isinstance(options, dict) else None
+        except json.JSONDecodeError:
+            return json_response(400, {"error": 'body must be JSON: {"to": NAME} or {}'})
+        try:
+            return json_response(200, await supervisor.promote(target))
+        except DbError as exc:
+            log.error("event=promote_failed reason=%r", str(exc))
+            return json_response(409, {"error": str(exc)})
+
+    return Admin(health, status, supervisor.registry, {("POST", b"/promote"): promote})
+
+
+async def run(settings: DbSettings) -> int:
+    supervisor = Supervisor(settings)
+    await supervisor.start()
+    admin = admin_for(supervisor)
+    if settings.admin is not None:
+        await admin.start(settings.admin)
+    healthy, reason = supervisor.health()
+    log.info("event=serving primary=%s healthy=%s reason=%r", supervisor.primary, healthy, reason)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    watcher = asyncio.create_task(supervisor.watch())
+    await stopping.wait()
+    log.info("event=stopping")
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await admin.shutdown()
+    await supervisor.stop()
+    return 0
