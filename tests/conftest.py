@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import uvloop
 
 from foobar.http.server import Handler, Server, ServerConfig
+from tests.dbcluster import Cluster, cluster_settings, running_cluster
 
 
 def pytest_asyncio_loop_factories(
@@ -98,3 +100,10 @@ async def servers() -> AsyncIterator[list[Server]]:
     yield started
     for server in started:
         await server.shutdown(drain_timeout=1.0)
+
+
+@pytest.fixture
+async def db_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A MariaDB primary and replica, started and watched by foobar.db's supervisor."""
+    async with running_cluster(cluster_settings(tmp_path / "db")) as cluster:
+        yield cluster
