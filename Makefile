@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs the tests need from the system (see scripts/system-packages)
-TEST_PACKAGES := python3-venv:python3-venv
+TEST_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server
 
 .PHONY: test lint typecheck pytest clean
 

@@ -121,6 +121,12 @@ class ManagedInstance:
     def running(self) -> bool:
         return self.pid is not None
 
+    def check_port(self) -> None:
+        if port_in_use(self.spec.host, self.spec.port):
+            raise DbError(
+                f"instance {self.name}: port {self.spec.port} on {self.spec.host} is already in use"
+            )
+
     def check_datadir(self) -> bool:
         """True when the data directory is initialised, False when it is missing or
         empty; a DbError when it holds something else."""
@@ -209,10 +215,7 @@ class ManagedInstance:
         answers on its socket."""
         if self.running:
             return
-        if port_in_use(self.spec.host, self.spec.port):
-            raise DbError(
-                f"instance {self.name}: port {self.spec.port} on {self.spec.host} is already in use"
-            )
+        self.check_port()
         log.info("event=start instance=%s port=%d primary=%s", self.name, self.spec.port, primary)
         self.process = await asyncio.create_subprocess_exec(
             *self.command(primary),

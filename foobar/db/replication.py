@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from foobar.db.errors import DbError
 from foobar.db.settings import InstanceSettings
 
 log = logging.getLogger("foobar.db.replication")
+
+# The drivers turn server notes into Python warnings; "IF NOT EXISTS found it existing"
+# and "replica already stopped" are the expected outcome of idempotent set-up, not news.
+warnings.filterwarnings("ignore", category=pymysql.Warning)
 
 # An admin query that takes longer than this means the server is in trouble.
 QUERY_TIMEOUT = 5.0

@@ -169,9 +169,9 @@ class Supervisor:
 
     # set-up
 
-    def prepare(self) -> None:
-        """Managed mode: find the server binary and check every data directory, before
-        anything starts (a bad directory stops everything, not half of it)."""
+    def prepare(self, check_ports: bool = False) -> None:
+        """Managed mode: find the server binary and check every data directory and port
+        before anything starts (a bad one stops everything, not half of it)."""
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         if settings.mode == "external":
@@ -192,11 +192,13 @@ class Supervisor:
                 settings.innodb_buffer_pool_size,
             )
             instance.check_datadir()
+            if check_ports:
+                instance.check_port()
             self.instances[name] = instance
             self.nodes[name] = Node(spec, instance.admin_user, socket=instance.socket)
 
-    async def initialize(self) -> None:
-        self.prepare()
+    async def initialize(self, check_ports: bool = False) -> None:
+        self.prepare(check_ports)
         for instance in self.instances.values():
             await instance.initialize()
 
@@ -204,7 +206,7 @@ class Supervisor:
         """Initialise, start and configure the whole cluster; DbError on any failure, with
         whatever was started stopped again."""
         try:
-            await self.initialize()
+            await self.initialize(check_ports=True)
             # the primary first, so replicas find it when they attach
             for name in [self.primary, *self.replicas]:
                 if name in self.instances:
@@ -367,7 +369,7 @@ class Supervisor:
             self.primary = new
             self._save_topology()
             self.metrics.switchovers.inc()
-            await self.refresh()
+            await self._wait_until_replicating()
         return {"primary": new, "previous": old, "gtid": position}
 
     # shutdown

@@ -615,7 +615,12 @@ class Connection(FlowControlled):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._peer_eof or not transport.can_write_eof():
+        unread_input = (
+            self._error is not None
+            or self.parser.in_message
+            or any(event is not END for event in self.events)
+        )
+        if self._peer_eof or not unread_input or not transport.can_write_eof():
             transport.close()
             return
         # Lingering close, as nginx does: closing with unread input makes the kernel send
