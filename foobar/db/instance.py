@@ -162,8 +162,9 @@ class ManagedInstance:
                 f"--innodb-buffer-pool-size={self.buffer_pool}",
             ]
         else:
-            # MySQL: root@localhost gets no password; configure() switches it to
-            # auth_socket before anything listens on TCP for others.
+            # MySQL: root@localhost gets no password. With skip-name-resolve a TCP
+            # client is never "localhost", so that account is reachable only through
+            # the socket, which lives in this 0700 directory.
             command = [
                 str(self.program.server),
                 "--no-defaults",
@@ -250,9 +251,12 @@ class ManagedInstance:
 
     @property
     def admin_user(self) -> str:
-        """The account the socket lets us in as: root for the root OS user, else the
-        OS user's own name (mariadb-install-db --auth-root-socket-user)."""
-        return "root" if self.os_user == "root" else self.os_user
+        """The account the socket lets us in as: MariaDB's unix_socket authentication
+        admits the OS user under its own name (root for root, else the account
+        mariadb-install-db --auth-root-socket-user made); MySQL's is root."""
+        if self.program.install_db is None or self.os_user == "root":
+            return "root"
+        return self.os_user
 
     def last_errors(self, lines: int = 3) -> str:
         try:

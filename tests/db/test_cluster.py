@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import aiomysql
 import httpx
 import pymysql
 import pytest
 
+from foobar.db import cli
 from foobar.db.serve import admin_for
+from foobar.db.settings import DbSettings
+from foobar.db.supervisor import Supervisor
 from foobar.settings import HostPort
 from tests.dbcluster import Cluster
 
@@ -102,6 +106,7 @@ async def test_stopped_sql_thread_is_reported_within_one_interval(db_cluster: Cl
             assert (row["io_running"], row["sql_running"]) == (True, False)
             metrics = (await client.get("/metrics")).text
             assert f'foobar_db_replica_sql_running{{instance="{row["name"]}"}} 0.0' in metrics
+            assert await cli.status(HostPort(host, port)) == 1  # what a person runs
 
             await replica.execute("START SLAVE SQL_THREAD")
             await asyncio.sleep(interval * 1.5)
@@ -169,3 +174,37 @@ async def test_promote_under_writes_loses_and_duplicates_nothing(db_cluster: Clu
     assert (
         supervisor.settings.state_dir / "topology.json"
     ).read_text() == f'{{"primary": "{new}"}}'
+
+
+async def test_external_mode_configures_and_watches_given_servers(
+    db_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Servers foobar.db did not start, reached over TCP with an admin account."""
+    password = "admin-pass-for-test"
+    primary = db_cluster.admin(db_cluster.primary.name)
+    await primary.execute(
+        f"CREATE USER 'dba'@'%' IDENTIFIED BY '{password}'",
+        "GRANT ALL PRIVILEGES ON *.* TO 'dba'@'%' WITH GRANT OPTION",
+    )
+    await db_cluster.wait_until(db_cluster.replica.name, "SELECT 1", 1)
+    settings = DbSettings(
+        mode="external",
+        state_dir=tmp_path / "external",
+        instances=[db_cluster.primary, db_cluster.replica],
+        admin_user="dba",
+        admin_password=password,  # type: ignore[arg-type]
+    )
+    supervisor = Supervisor(settings)
+    await supervisor.start()
+    try:
+        assert not supervisor.instances  # started nothing
+        healthy, reason = supervisor.health()
+        assert healthy, reason
+        rows = supervisor.status()["instances"]
+        assert [(row["name"], row["pid"], row["reachable"]) for row in rows] == [
+            ("primary", None, True),
+            ("replica", None, True),
+        ]
+    finally:
+        await supervisor.stop()
+    assert db_cluster.supervisor.instances["primary"].running  # left running
