@@ -46,6 +46,9 @@ class Dialect(ABC):
     gtid_variable: str  # the global variable holding what this server applied or wrote
     last_gtid: str  # the GTID of the session's last transaction
     read_only_variable: str  # what keeps even administrators' sessions from writing
+    # the one global privilege the app account gets: reading replication status, so it
+    # can skip a replica that lags or stopped (ProxySQL's monitor user needs the same)
+    monitor_privilege: str
 
     @abstractmethod
     def change_primary(
@@ -167,6 +170,7 @@ MARIADB = MariaDB(
     gtid_variable="gtid_current_pos",
     last_gtid="SELECT @@last_gtid",
     read_only_variable="read_only",
+    monitor_privilege="SLAVE MONITOR",  # MariaDB 10.5.9+; REPLICATION CLIENT before
 )
 
 MYSQL = MySQL(
@@ -191,6 +195,7 @@ MYSQL = MySQL(
     # larger, read-your-writes token.
     last_gtid="SELECT @@GLOBAL.gtid_executed",
     read_only_variable="super_read_only",
+    monitor_privilege="REPLICATION CLIENT",
 )
 
 

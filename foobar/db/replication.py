@@ -199,11 +199,13 @@ async def ensure_replication_account(node: Node, user: str, password: str) -> No
 
 
 async def ensure_app_account(primary: Node, schema: str, user: str, password: str) -> None:
-    """The schema and the application's account, allowed its schema only; written on the
-    primary, from where they replicate."""
+    """The schema and the application's account: its schema's data, and reading
+    replication status; written on the primary, from where they replicate."""
+    dialect = await primary.sql()
     await primary.execute(
         f"CREATE DATABASE IF NOT EXISTS `{schema}`",
         *_account(user, password, APP_PRIVILEGES, f"`{schema}`.*"),
+        f"GRANT {dialect.monitor_privilege} ON *.* TO {quote(user)}@'%'",
     )
 
 
