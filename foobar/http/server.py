@@ -74,6 +74,9 @@ class Exchange:
 
 
 OnResponse = Callable[[Exchange], None]
+# Builds the response for an error status (the parser's, a limit's, a handler's HTTPError):
+# the app answers JSON, the web tier and balancer plain text, as nginx's error_page.
+ErrorPage = Callable[[int, str], Response]
 
 
 def error_response(status: int, detail: str = "") -> Response:
@@ -216,20 +219,15 @@ class Connection(FlowControlled):
     writes responses with flow control. Timeouts share one `call_at` handle that is moved
     only when it fires early, so activity costs a float store, not a timer reset."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        config: ServerConfig,
-        state: ServerState,
-        on_response: OnResponse | None,
-        scheme: str,
-    ) -> None:
+    def __init__(self, server: Server) -> None:
+        config = server.config
         super().__init__(config.high_water, config.low_water)
-        self.handler = handler
+        self.handler = server.handler
         self.config = config
-        self.state = state
-        self.on_response = on_response
-        self.scheme = scheme
+        self.state = server.state
+        self.on_response = server.on_response
+        self.error_page = server.error_page
+        self.scheme = server.scheme
         self.parser = RequestParser(config.max_header_bytes)
         self.peer: tuple[str, int] = ("", 0)
         self._error: HTTPError | None = None
@@ -346,7 +344,7 @@ class Connection(FlowControlled):
         head = request.head
         keep_alive = head.keep_alive
         if head.content_length is not None and head.content_length > self.config.max_body_bytes:
-            response = error_response(413, "request body too large")
+            response = self.error_page(413, "request body too large")
             keep_alive = False
         else:
             try:
@@ -354,11 +352,11 @@ class Connection(FlowControlled):
             except HTTPError as exc:
                 if isinstance(exc, ConnectionClosed):
                     raise
-                response = error_response(exc.status, str(exc))
+                response = self.error_page(exc.status, str(exc))
                 keep_alive = keep_alive and exc.status < 500 and not _breaks_framing(exc)
             except Exception:
                 log.exception("event=handler_error method=%s target=%r", head.method, head.target)
-                response = error_response(500)
+                response = self.error_page(500, "")
                 keep_alive = False
         if request.body.continue_withheld:
             keep_alive = False
@@ -530,21 +528,9 @@ class Connection(FlowControlled):
         log.info(
             "event=request_rejected status=%d peer=%s reason=%r", status, self.peer[0], str(exc)
         )
-        body = error_response(status, str(exc)).body
-        assert isinstance(body, bytes)
-        self.transport.write(
-            b"".join(
-                [
-                    status_line(status, None),
-                    b"Date: ",
-                    http_date(),
-                    b"\r\n",
-                    b"Content-Type: text/plain; charset=utf-8\r\n",
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body),
-                    body,
-                ]
-            )
-        )
+        # a stand-in head: the request could not be read, so answer as to a plain GET
+        head = RequestHead("GET", b"", "1.1", [], False, False, None, False)
+        await self._write_response(Request(head, self), self.error_page(status, str(exc)), False)
 
     # timeouts
 
@@ -657,17 +643,18 @@ class Server:
         handler: Handler,
         config: ServerConfig | None = None,
         on_response: OnResponse | None = None,
+        error_page: ErrorPage | None = None,
     ) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
         self.on_response = on_response
+        self.error_page = error_page or error_response
         self.state = ServerState()
+        self.scheme = "http"
         self._server: asyncio.Server | None = None
 
-        self._scheme = "http"
-
     def _protocol(self) -> Connection:
-        return Connection(self.handler, self.config, self.state, self.on_response, self._scheme)
+        return Connection(self)
 
     async def start(
         self,
@@ -679,7 +666,7 @@ class Server:
         reuse_port: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
-        self._scheme = "http" if ssl is None else "https"
+        self.scheme = "http" if ssl is None else "https"
         self._server = await loop.create_server(
             self._protocol,
             host=None if sock is not None else host,
