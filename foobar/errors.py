@@ -13,6 +13,8 @@ catches one family and a client never sees a traceback. The whole tree:
     │   ├── BodyTooLarge             413
     │   ├── RequestTimeout           408
     │   ├── ConnectionClosed         499 (nginx's code): the client went away mid-request
+    │   ├── DatabaseUnavailable      503 + Retry-After: no database node can take it
+    │   │                            (foobar.app.errors)
     │   └── UpstreamError            502: an upstream server failed us
     │       ├── UpstreamConnectError     refused / unreachable: no byte was sent
     │       ├── UpstreamClosed           reset or closed before a complete response
@@ -20,6 +22,7 @@ catches one family and a client never sees a traceback. The whole tree:
     │       └── UpstreamTimeout          504
     │           ├── ConnectTimeout       (also an UpstreamConnectError: nothing was sent)
     │           └── ReadTimeout
+    ├── SchemaError                  foobar.app: the schema could not be migrated
     └── DbError                      foobar.db: a server cannot be set up, reached or
                                      switched over (foobar.db.errors)
 

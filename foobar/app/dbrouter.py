@@ -1,0 +1,389 @@
+"""Where each statement goes: writes to the primary, reads to a replica.
+
+    post, gtid = await router.write(insert_post)          # on the primary; its GTID
+    page, node = await router.read(list_posts, gtid)      # a replica, or the primary
+
+A unit of work is an `async def work(cursor)`; the router picks the server, runs it under
+`query_timeout`, and counts it. Reads go to a usable replica, round-robin. A replica is
+usable while it answers, both replication threads run and it lags at most
+`max_replica_lag`, as the health loop sees every `health_interval`; a failed query marks
+it unusable at once. A read that fails on a replica is run again on the primary (reads are
+idempotent); a write is never run twice.
+
+Read-your-writes across app servers: a write returns its GTID, which travels with the
+client (cookie, header). A read that presents one first waits on the replica for that
+GTID (MASTER_GTID_WAIT, `gtid_wait_timeout`), and goes to the primary if the replica does
+not get there in time. MaxScale's causal_reads does the same inside a proxy.
+
+Connections: one aiomysql pool per server, `pool_recycle` below wait_timeout; aiomysql
+drops a connection found at EOF when it is taken. A statement interrupted mid-flight
+(timeout, cancelled request, lost server) closes its connection instead of returning it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiomysql
+import pymysql
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from foobar.app.errors import DatabaseUnavailable
+from foobar.app.settings import AppSettings, Dsn
+
+log = logging.getLogger("foobar.app.db")
+
+T = TypeVar("T")
+Work = Callable[[Any], Awaitable[T]]
+
+# MySQL error codes that mean "this server cannot take statements now", not "this
+# statement is wrong": can't connect (2003), gone away (2006), lost (2013), read-only
+# (1290), too many connections (1040), shutting down (1053).
+UNAVAILABLE = frozenset({1040, 1053, 1290, 2003, 2006, 2013})
+
+# A GTID token from a client: MariaDB's domain-server-seq list or MySQL's uuid:ranges.
+GTID_PATTERN = re.compile(r"^[0-9A-Fa-f:,\-]{1,4096}$")
+
+
+class WorkRefused(Exception):
+    """Raised by a unit of work that decided, after complete statements, not to go on
+    (not found, a conflict): the connection is in a clean state and goes back to the pool."""
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.queries = Counter(
+            "foobar_app_db_queries",
+            "units of work by node and outcome",
+            ["node", "outcome"],
+            registry=registry,
+        )
+        self.pool = Gauge(
+            "foobar_app_db_pool_connections",
+            "pooled connections",
+            ["node", "state"],
+            registry=registry,
+        )
+        self.usable = Gauge(
+            "foobar_app_db_node_usable",
+            "1 while a node takes statements",
+            ["node"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "foobar_app_db_fallbacks",
+            "reads sent to the primary instead of a replica",
+            ["reason"],
+            registry=registry,
+        )
+        self.gtid_waits = Counter(
+            "foobar_app_db_gtid_waits",
+            "waits for a client's GTID on a replica",
+            ["outcome"],
+            registry=registry,
+        )
+
+
+class DbNode:
+    """One database server and its pool."""
+
+    def __init__(self, name: str, role: str, dsn: Dsn, settings: AppSettings) -> None:
+        self.name = name
+        self.role = role  # "primary" or "replica": what X-Foobar-DB says
+        self.dsn = dsn
+        self.settings = settings
+        self.pool: aiomysql.Pool | None = None
+        self.usable = False
+        self.reason = "not checked yet"
+        self.mariadb = True
+
+    async def start(self) -> None:
+        self.pool = await aiomysql.create_pool(
+            minsize=0,
+            maxsize=self.settings.pool_size,
+            pool_recycle=self.settings.pool_recycle,
+            host=self.dsn.host,
+            port=self.dsn.port,
+            user=self.dsn.user,
+            password=self.dsn.password.get_secret_value(),
+            db=self.dsn.database,
+            autocommit=True,
+            charset="utf8mb4",
+            connect_timeout=self.settings.connect_timeout,
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        assert self.pool is not None
+        connection = await self.pool.acquire()
+        try:
+            yield connection
+        except WorkRefused:
+            raise
+        except BaseException:
+            # Mid-statement the protocol state is unknown: never hand it to the next one.
+            connection.close()
+            raise
+        finally:
+            await self.pool.release(connection)
+
+    def mark(self, usable: bool, reason: str) -> None:
+        if usable != self.usable:
+            log.log(
+                logging.INFO if usable else logging.WARNING,
+                "event=%s node=%s address=%s:%d reason=%r",
+                "node_usable" if usable else "node_unusable",
+                self.name,
+                self.dsn.host,
+                self.dsn.port,
+                reason,
+            )
+        self.usable, self.reason = usable, reason
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            await self.pool.wait_closed()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "address": f"{self.dsn.host}:{self.dsn.port}",
+            "usable": self.usable,
+            "reason": self.reason,
+            "pool_size": self.pool.size if self.pool else 0,
+            "pool_idle": self.pool.freesize if self.pool else 0,
+        }
+
+
+def unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError | OSError | pymysql.err.InterfaceError):
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and exc.args[0] in UNAVAILABLE
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, pymysql.err.Error) and len(exc.args) >= 2:
+        return f"{exc.args[1]} ({exc.args[0]})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+class Router:
+    def __init__(self, settings: AppSettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.primary = DbNode("primary", "primary", settings.primary, settings)
+        self.replicas = [
+            DbNode("replica" if i == 0 else f"replica{i + 1}", "replica", dsn, settings)
+            for i, dsn in enumerate(settings.replicas)
+        ]
+        self._turn = itertools.count()
+        self._health: asyncio.Task[None] | None = None
+        for node in self.nodes:
+            for state, value in (("in_use", self._in_use), ("idle", self._idle)):
+                self.metrics.pool.labels(node.name, state).set_function(
+                    lambda node=node, value=value: value(node)  # type: ignore[misc]
+                )
+
+    @staticmethod
+    def _in_use(node: DbNode) -> float:
+        return float(node.pool.size - node.pool.freesize) if node.pool else 0.0
+
+    @staticmethod
+    def _idle(node: DbNode) -> float:
+        return float(node.pool.freesize) if node.pool else 0.0
+
+    @property
+    def nodes(self) -> list[DbNode]:
+        return [self.primary, *self.replicas]
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.settings.health_interval))
+
+    async def start(self) -> None:
+        for node in self.nodes:
+            await node.start()
+        await self.check()
+        self._health = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        for node in self.nodes:
+            await node.close()
+
+    # health
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            await self.check()
+
+    async def check(self) -> None:
+        # the primary first: whether it is up decides what a reconnecting replica is worth
+        await self._check(self.primary)
+        await asyncio.gather(*(self._check(node) for node in self.replicas))
+
+    async def _check(self, node: DbNode) -> None:
+        row: dict[str, Any] | None = None
+        try:
+            async with (
+                asyncio.timeout(self.settings.query_timeout),
+                node.connection() as conn,
+                conn.cursor(aiomysql.DictCursor) as cursor,
+            ):
+                await cursor.execute("SELECT VERSION() AS version")
+                node.mariadb = "mariadb" in (await cursor.fetchone())["version"].lower()
+                if node.role == "replica":
+                    await cursor.execute(
+                        "SHOW SLAVE STATUS" if node.mariadb else "SHOW REPLICA STATUS"
+                    )
+                    row = await cursor.fetchone()
+        except Exception as exc:
+            usable, reason = False, f"unreachable: {error_text(exc)}"
+        else:
+            usable, reason = (
+                (True, "answers") if node.role == "primary" else self._replication_state(row)
+            )
+        node.mark(usable, reason)
+        self.metrics.usable.labels(node.name).set(usable)
+
+    def _replication_state(self, row: dict[str, Any] | None) -> tuple[bool, str]:
+        if row is None:
+            return False, "not replicating from anything"
+        io = row.get("Slave_IO_Running", row.get("Replica_IO_Running"))
+        sql = row.get("Slave_SQL_Running", row.get("Replica_SQL_Running"))
+        behind = row.get("Seconds_Behind_Master", row.get("Seconds_Behind_Source"))
+        if sql != "Yes":
+            return False, f"replication stopped (io={io} sql={sql})"
+        if io != "Yes":
+            if not self.primary.usable:
+                # The primary is gone: what the replica has is all there is, and with
+                # semi-sync every acknowledged write is in it. Stale reads beat none.
+                return True, f"primary unreachable, serving what it has (io={io})"
+            return False, f"replication stopped (io={io} sql={sql})"
+        if behind is None:
+            return False, "lag unknown"
+        if behind > self.settings.max_replica_lag:
+            return False, f"{behind}s behind"
+        return True, f"{behind}s behind"
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        nodes = {node.name: node.usable for node in self.nodes}
+        return any(nodes.values()), nodes
+
+    # routing
+
+    async def _run(self, node: DbNode, work: Work[T]) -> T:
+        try:
+            async with (
+                asyncio.timeout(self.settings.query_timeout),
+                node.connection() as conn,
+                conn.cursor(aiomysql.DictCursor) as cursor,
+            ):
+                result = await work(cursor)
+        except WorkRefused:
+            self.metrics.queries.labels(node.name, "ok").inc()
+            raise
+        except BaseException as exc:
+            self.metrics.queries.labels(node.name, "error").inc()
+            if unavailable(exc):
+                node.mark(False, error_text(exc))
+                self.metrics.usable.labels(node.name).set(0)
+            raise
+        self.metrics.queries.labels(node.name, "ok").inc()
+        return result
+
+    async def write(self, work: Work[T]) -> tuple[T, str | None]:
+        """Run `work` on the primary; returns its result and the GTID it wrote (None when
+        it wrote nothing)."""
+        primary = self.primary
+        if not primary.usable:
+            raise DatabaseUnavailable(f"primary unavailable: {primary.reason}", self.retry_after)
+
+        async def with_gtid(cursor: Any) -> tuple[T, str | None]:
+            result = await work(cursor)
+            # MariaDB: the session's last GTID. MySQL has none to read (its session
+            # tracker is not exposed by the driver): its executed set contains ours.
+            await cursor.execute(
+                "SELECT @@last_gtid AS gtid"
+                if primary.mariadb
+                else "SELECT @@GLOBAL.gtid_executed AS gtid"
+            )
+            gtid = (await cursor.fetchone())["gtid"]
+            return result, gtid or None
+
+        try:
+            return await self._run(primary, with_gtid)
+        except Exception as exc:
+            if unavailable(exc):
+                raise DatabaseUnavailable(
+                    f"primary unavailable: {error_text(exc)}", self.retry_after
+                ) from exc
+            raise
+
+    def _pick_replica(self) -> DbNode | None:
+        usable = [node for node in self.replicas if node.usable]
+        if not usable:
+            return None
+        return usable[next(self._turn) % len(usable)]
+
+    async def read(self, work: Work[T], gtid: str | None = None) -> tuple[T, DbNode]:
+        """Run `work` on a replica that has `gtid` (when given), else on the primary."""
+        replica = self._pick_replica()
+        if replica is None:
+            reason = "replica_unusable"
+        else:
+            try:
+                if gtid is None or await self._wait_for(replica, gtid):
+                    return await self._run(replica, work), replica
+                reason = "gtid_timeout"
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                log.info(
+                    "event=replica_failed node=%s reason=%r action=primary",
+                    replica.name,
+                    error_text(exc),
+                )
+                reason = "replica_error"
+        self.metrics.fallbacks.labels(reason).inc()
+        if not self.primary.usable:
+            raise DatabaseUnavailable("no database node can serve this read", self.retry_after)
+        try:
+            return await self._run(self.primary, work), self.primary
+        except Exception as exc:
+            if unavailable(exc):
+                raise DatabaseUnavailable(
+                    f"primary unavailable: {error_text(exc)}", self.retry_after
+                ) from exc
+            raise
+
+    async def _wait_for(self, replica: DbNode, gtid: str) -> bool:
+        timeout = self.settings.gtid_wait_timeout
+
+        async def wait(cursor: Any) -> bool:
+            if replica.mariadb:
+                await cursor.execute("SELECT MASTER_GTID_WAIT(%s, %s) AS done", (gtid, timeout))
+                return bool((await cursor.fetchone())["done"] == 0)
+            await cursor.execute(
+                "SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s) AS done", (gtid, timeout)
+            )
+            return bool((await cursor.fetchone())["done"] == 0)
+
+        reached = await self._run(replica, wait)
+        self.metrics.gtid_waits.labels("reached" if reached else "timeout").inc()
+        return reached
