@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,8 +43,8 @@ class RunningApp:
 async def apps(db_cluster: Cluster) -> AsyncIterator[list[RunningApp]]:
     """app1 and app2, both on db_cluster."""
     servers = [AppServer(app_settings(db_cluster, f"app{n}")) for n in (1, 2)]
-    for server in servers:
-        await server.start()
+    # at once, as on a real deploy: the schema lock must keep them from racing
+    await asyncio.gather(*(server.start() for server in servers))
     yield [RunningApp(server) for server in servers]
     for server in servers:
         await server.stop()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,32 @@ async def test_keyset_pagination_newest_first(apps: list[RunningApp]) -> None:
             if before is None:
                 break
         assert seen == sorted(ids, reverse=True)
+
+
+async def test_schema_migrated_once_by_concurrent_starts(
+    db_cluster: Cluster, apps: list[RunningApp]
+) -> None:
+    rows = await db_cluster.app_query(db_cluster.primary.name, "SELECT version FROM schema_version")
+    assert rows == [(1,)]
+
+
+async def test_interrupted_query_closes_its_connection(apps: list[RunningApp]) -> None:
+    """The router closes it; aiomysql also closes a connection whose read was cancelled.
+    Either way the pool must not get it back mid-statement."""
+    router = apps[0].server.router
+    replica = router.replicas[0]
+    assert replica.pool is not None
+    used: list[Any] = []
+
+    async def slow(cursor: Any) -> None:
+        used.append(cursor.connection)
+        await cursor.execute("SELECT SLEEP(5)")
+
+    task = asyncio.create_task(router.read(slow))
+    await asyncio.sleep(0.3)
+    task.cancel()  # as when the client goes away
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (connection,) = used
+    assert connection.closed  # closed mid-statement, not handed to the next request
+    assert connection not in replica.pool._free
