@@ -226,8 +226,14 @@ class UpstreamResponse:
         connection.pool.release(connection, reusable)
 
     async def aclose(self) -> None:
-        """Give up on the rest of the body: the connection is closed, not reused."""
-        connection, self._connection = self._connection, None
+        """Give up on the rest of the body: the connection is closed, not reused (unless
+        nothing was left: a HEAD's or a 304's response ends with its head)."""
+        connection = self._connection
+        if connection is not None and connection.events and connection.events[0] is END:
+            connection.pop()
+            await self._release()
+            return
+        self._connection = None
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
         if connection is not None:

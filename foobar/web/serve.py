@@ -1,0 +1,135 @@
+"""`python -m foobar.web`: static files and the proxy on one server, and the admin listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from foobar import logs
+from foobar.admin import Admin
+from foobar.http.client import PoolConfig
+from foobar.http.server import Exchange, Request, Response, Server, ServerConfig, error_response
+from foobar.web.proxy import UpstreamGroup
+from foobar.web.settings import WebSettings
+from foobar.web.static import BadTarget, StaticFiles
+
+log = logging.getLogger("foobar.web")
+
+
+class WebServer:
+    def __init__(self, settings: WebSettings) -> None:
+        self.settings = settings
+        self.name = settings.name.encode()
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "foobar_web_requests", "responses by status", ["status"], registry=self.registry
+        )
+        self.sent = Counter("foobar_web_sent_bytes", "body bytes sent", registry=self.registry)
+        self.static = StaticFiles(
+            settings.root, settings.cache_control, settings.open_file_cache_valid
+        )
+        self.proxy = UpstreamGroup(
+            list(settings.upstreams),
+            PoolConfig(
+                connect_timeout=settings.proxy_connect_timeout,
+                read_timeout=settings.proxy_read_timeout,
+                max_idle=settings.keepalive,
+            ),
+            settings.max_fails,
+            settings.fail_timeout,
+            settings.name,
+            self.registry,
+        )
+        self.prefixes = tuple(prefix.encode() for prefix in settings.proxy_prefixes)
+        self.server = Server(
+            self.handle,
+            ServerConfig(max_body_bytes=settings.client_max_body_size),
+            on_response=self.observe,
+        )
+        self.admin = Admin(self.health, self.status, self.registry)
+
+    def observe(self, exchange: Exchange) -> None:
+        self.requests.labels(str(exchange.status)).inc()
+        self.sent.inc(exchange.bytes_sent)
+        if self.settings.access_log:
+            logs.log_access(exchange)
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path.startswith(self.prefixes):
+            return await self.proxy.handle(request)
+        if path == b"/healthz":
+            healthy, reason = await self.health()
+            response = Response(
+                200 if healthy else 503, [(b"Content-Type", b"text/plain")], f"{reason}\n".encode()
+            )
+        elif request.method not in ("GET", "HEAD"):
+            response = error_response(405)
+            response.headers.append((b"Allow", b"GET, HEAD"))
+        else:
+            try:
+                found = await self.static.serve(request)
+            except BadTarget as exc:
+                found = error_response(400, str(exc))
+            response = found or error_response(404)
+        response.headers.append((b"X-Foobar-Web", self.name))
+        return response
+
+    async def health(self) -> tuple[bool, str]:
+        usable = self.proxy.usable()
+        total = len(self.proxy.upstreams)
+        if total and not usable:
+            return False, f"none of {total} upstreams usable"
+        return True, f"{len(usable)} of {total} upstreams usable"
+
+    async def status(self) -> Mapping[str, Any]:
+        return {
+            "name": self.settings.name,
+            "root": str(self.settings.root),
+            "upstreams": [
+                {
+                    "address": upstream.name,
+                    "usable": upstream in self.proxy.usable(),
+                    "idle_connections": upstream.pool.idle_count,
+                    "active_connections": upstream.pool.active_count,
+                }
+                for upstream in self.proxy.upstreams
+            ],
+        }
+
+    async def start(self) -> None:
+        await self.server.start(self.settings.bind.host, self.settings.bind.port)
+        if self.settings.admin is not None:
+            await self.admin.start(self.settings.admin)
+        host, port = self.server.address
+        log.info(
+            "event=listening name=%s address=%s:%d root=%s upstreams=%s",
+            self.settings.name,
+            host,
+            port,
+            self.settings.root,
+            ",".join(u.name for u in self.proxy.upstreams),
+        )
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+        await self.admin.shutdown()
+        await self.proxy.close()
+
+
+async def run(settings: WebSettings) -> int:
+    server = WebServer(settings)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("event=stopping name=%s", settings.name)
+    await server.stop()
+    return 0

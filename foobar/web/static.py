@@ -1,0 +1,270 @@
+"""Static files the way nginx serves them (`sendfile on; etag on; gzip_static on;`), with
+RFC 9110's conditional and range rules where nginx is looser.
+
+A request target becomes a file only through `resolve()`: percent-decoding, no NUL, no
+backslash, no encoded slash, no `..`, then the real path (symlinks followed) must lie
+inside the root. Anything else is 404 (400 when the target cannot be decoded). Only
+regular files are served; a directory serves its index.html; there are no listings.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import mimetypes
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+from foobar.http import headers as hdrs
+from foobar.http.server import FileBody, Request, Response
+
+INDEX = "index.html"
+TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+
+
+class BadTarget(Exception):
+    """The request target cannot be decoded: 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    mtime: int
+    etag: bytes  # nginx's form: "<mtime hex>-<size hex>"
+    last_modified: bytes
+    gzip: FileInfo | None = None  # the pre-compressed variant beside it
+
+
+def http_date(seconds: float) -> bytes:
+    return email.utils.formatdate(seconds, usegmt=True).encode()
+
+
+def parse_http_date(value: bytes) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.timestamp() if parsed.tzinfo else None
+
+
+def content_type(path: str) -> bytes:
+    guessed, _ = mimetypes.guess_type(path)
+    guessed = guessed or "application/octet-stream"
+    if guessed.startswith(TEXT_TYPES):
+        guessed += "; charset=utf-8"
+    return guessed.encode()
+
+
+def etag_matches(header: bytes, etag: bytes, weak: bool) -> bool:
+    """Does an If-None-Match / If-Match / If-Range value match `etag`? Weak comparison
+    ignores W/ prefixes (RFC 9110 §8.8.3.2)."""
+    if header.strip() == b"*":
+        return True
+    for candidate in header.split(b","):
+        candidate = candidate.strip()
+        if weak:
+            candidate = candidate.removeprefix(b"W/")
+        elif candidate.startswith(b"W/"):
+            continue
+        if candidate == etag:
+            return True
+    return False
+
+
+def parse_range(header: bytes, size: int) -> tuple[int, int] | bool | None:
+    """A single `bytes=` range as (start, end inclusive); None to ignore the header (not
+    bytes, several ranges, malformed: the whole file is sent, as RFC 9110 allows); False
+    when unsatisfiable (416)."""
+    unit, _, spec = header.partition(b"=")
+    if unit.strip().lower() != b"bytes" or b"," in spec:
+        return None  # several ranges: answered with the whole file, whatever their number
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash or not (first.isdigit() or first == b"") or not (last.isdigit() or last == b""):
+        return None
+    if first == b"":
+        if last == b"":
+            return None
+        suffix = int(last)
+        if suffix == 0:
+            return False
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # invalid: ignored, as RFC 9110 §14.1.1 asks
+    if start >= size:
+        return False
+    return start, min(end, size - 1)
+
+
+class StaticFiles:
+    def __init__(self, root: Path, cache_control: dict[str, str], cache_valid: float) -> None:
+        self.root = root.resolve()
+        self.cache_control = sorted(
+            ((prefix.encode(), value.encode()) for prefix, value in cache_control.items()),
+            key=lambda item: len(item[0]),
+            reverse=True,
+        )
+        self.cache_valid = cache_valid
+        # open_file_cache: path -> (expires, FileInfo | None, is_directory)
+        self._cache: dict[str, tuple[float, FileInfo | None, bool]] = {}
+
+    def resolve(self, target_path: bytes) -> str | None:
+        """The file system path for a request path, or None (404). BadTarget for 400."""
+        if not target_path.startswith(b"/"):
+            raise BadTarget("the target must be an absolute path")
+        if b"%2f" in target_path.lower() or b"%5c" in target_path.lower():
+            return None  # an encoded slash or backslash names no file of ours
+        raw = unquote_to_bytes(target_path)
+        if b"\x00" in raw:
+            raise BadTarget("NUL in the target")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadTarget("the target is not UTF-8") from exc
+        parts = text.split("/")
+        if "\\" in text or any(part in (".", "..") for part in parts):
+            return None
+        candidate = os.path.join(self.root, *[part for part in parts if part])
+        real = os.path.realpath(candidate)
+        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
+            return None  # a symlink that leads out of the root
+        return real
+
+    def lookup(self, path: str) -> tuple[FileInfo | None, bool]:
+        """(the regular file, or None; whether the path is a directory), cached briefly."""
+        now = time.monotonic()
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        info, is_directory = self._stat(path)
+        if info is not None and (gzip := self._stat(path + ".gz")[0]) is not None:
+            info = FileInfo(info.path, info.size, info.mtime, info.etag, info.last_modified, gzip)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[path] = (now + self.cache_valid, info, is_directory)
+        return info, is_directory
+
+    def _stat(self, path: str) -> tuple[FileInfo | None, bool]:
+        try:
+            result = os.stat(path)
+        except (OSError, ValueError):
+            return None, False
+        if stat.S_ISDIR(result.st_mode):
+            return None, True
+        if not stat.S_ISREG(result.st_mode):
+            return None, False
+        mtime = int(result.st_mtime)
+        etag = b'"%x-%x"' % (mtime, result.st_size)
+        return FileInfo(path, result.st_size, mtime, etag, http_date(mtime)), False
+
+    async def serve(self, request: Request) -> Response | None:
+        """The response for a file, or None when there is no such file (404)."""
+        path = self.resolve(request.path)
+        if path is None:
+            return None
+        info, is_directory = self.lookup(path)
+        if is_directory:
+            if not request.path.endswith(b"/"):
+                location = request.path + b"/" + (b"?" + request.query if request.query else b"")
+                return Response(301, [(b"Location", location)], b"")
+            info, _ = self.lookup(os.path.join(path, INDEX))
+        if info is None:
+            return None
+        return self.respond(request, info)
+
+    def respond(self, request: Request, info: FileInfo) -> Response:
+        headers: hdrs.Headers = [(b"Content-Type", content_type(info.path))]
+        chosen = info
+        if info.gzip is not None:
+            headers.append((b"Vary", b"Accept-Encoding"))
+            if accepts_gzip(request.header(b"accept-encoding")):
+                chosen = info.gzip
+                headers.append((b"Content-Encoding", b"gzip"))
+        headers += [(b"ETag", chosen.etag), (b"Last-Modified", chosen.last_modified)]
+        headers.append((b"Accept-Ranges", b"bytes"))
+        for prefix, value in self.cache_control:
+            if request.path.startswith(prefix):
+                headers.append((b"Cache-Control", value))
+                break
+
+        precondition = self.preconditions(request, chosen)
+        if precondition is not None:
+            return Response(precondition, headers, b"")
+
+        start, end = 0, chosen.size - 1
+        status = 200
+        range_header = request.header(b"range")
+        if (
+            range_header is not None
+            and request.method == "GET"
+            and self.range_applies(request, chosen)
+        ):
+            wanted = parse_range(range_header, chosen.size)
+            if wanted is False:
+                headers.append((b"Content-Range", b"bytes */%d" % chosen.size))
+                return Response(416, headers, b"")
+            if isinstance(wanted, tuple):
+                start, end = wanted
+                status = 206
+                headers.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end, chosen.size)))
+        try:
+            fd = os.open(chosen.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return Response(404, [], b"")  # gone since the stat; the next lookup agrees
+        return Response(status, headers, FileBody(fd, start, end - start + 1))
+
+    @staticmethod
+    def preconditions(request: Request, info: FileInfo) -> int | None:
+        """RFC 9110 §13.2.2, in its order: 412 for a failed If-Match or
+        If-Unmodified-Since, 304 for GET/HEAD whose validator still matches."""
+        if_match = request.header(b"if-match")
+        if if_match is not None:
+            if not etag_matches(if_match, info.etag, weak=False):
+                return 412
+        else:
+            unmodified_since = request.header(b"if-unmodified-since")
+            when = parse_http_date(unmodified_since) if unmodified_since else None
+            if when is not None and info.mtime > when:
+                return 412
+        if_none_match = request.header(b"if-none-match")
+        if if_none_match is not None:
+            # when present, If-Modified-Since is not looked at (§13.1.3)
+            return 304 if etag_matches(if_none_match, info.etag, weak=True) else None
+        modified_since = request.header(b"if-modified-since")
+        when = parse_http_date(modified_since) if modified_since else None
+        if when is not None and info.mtime <= when:
+            return 304
+        return None
+
+    @staticmethod
+    def range_applies(request: Request, info: FileInfo) -> bool:
+        """If-Range: the range holds only while the representation is unchanged; an ETag
+        compares strongly, a date must equal Last-Modified exactly (§13.1.5)."""
+        if_range = request.header(b"if-range")
+        if if_range is None:
+            return True
+        if if_range.startswith((b'"', b'W/"')):
+            return etag_matches(if_range, info.etag, weak=False)
+        return if_range == info.last_modified
+
+
+def accepts_gzip(header: bytes | None) -> bool:
+    if not header:
+        return False
+    for item in header.lower().split(b","):
+        coding, _, params = item.strip().partition(b";")
+        if coding.strip() not in (b"gzip", b"*"):
+            continue
+        quality = params.strip()
+        if quality.startswith(b"q="):
+            try:
+                return float(quality[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False

@@ -1,0 +1,168 @@
+"""Static files over real sockets: validators, ranges, gzip_static, traversal."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import httpx
+
+from foobar.web.serve import WebServer
+from tests.conftest import RawClient
+from tests.web.conftest import StartWeb
+
+
+def url(server: WebServer) -> str:
+    host, port = server.server.address
+    return f"http://{host}:{port}"
+
+
+async def raw_status(server: WebServer, target: bytes) -> int:
+    client = await RawClient.connect(server.server.address)
+    await client.send(b"GET " + target + b" HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n")
+    status, _, _ = await client.response()
+    client.close()
+    return status
+
+
+async def test_files_index_types_and_headers(start_web: StartWeb, site: Path) -> None:
+    server = await start_web(root=site)
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        home = await client.get("/")
+        assert (home.status_code, home.text) == (200, "<h1>home</h1>")
+        assert home.headers["content-type"] == "text/html; charset=utf-8"
+        assert home.headers["x-foobar-web"] == "web1"
+        assert home.headers["cache-control"] == "no-cache"
+        logo = await client.get("/assets/logo.svg")
+        assert logo.headers["content-type"] == "image/svg+xml; charset=utf-8"
+        assert logo.headers["cache-control"] == "public, max-age=3600"
+        docs = await client.get("/docs")
+        assert (docs.status_code, docs.headers["location"]) == (301, "/docs/")
+        assert (await client.get("/docs/")).text == "<h1>docs</h1>"
+        data = await client.get("/data.txt")
+        stat = (site / "data.txt").stat()
+        assert data.headers["etag"] == f'"{int(stat.st_mtime):x}-{stat.st_size:x}"'
+        assert data.headers["accept-ranges"] == "bytes"
+        assert (await client.get("/missing.txt")).status_code == 404
+        assert (await client.post("/data.txt")).status_code == 405
+
+
+async def test_head_has_length_and_no_body(start_web: StartWeb, site: Path) -> None:
+    server = await start_web(root=site)
+    client = await RawClient.connect(server.server.address)
+    await client.send(b"HEAD /data.txt HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, headers = await client.head_only()
+    assert (status, headers["content-length"]) == (200, "1000")
+    await client.send(b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (await client.response())[2] == b"<h1>home</h1>"  # nothing was left over
+
+
+async def test_conditional_requests(start_web: StartWeb, site: Path) -> None:
+    server = await start_web(root=site)
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        first = await client.get("/data.txt")
+        etag, modified = first.headers["etag"], first.headers["last-modified"]
+        for headers in (
+            {"If-None-Match": etag},
+            {"If-None-Match": f"W/{etag}"},
+            {"If-None-Match": f'"other", {etag}'},
+            {"If-None-Match": "*"},
+            {"If-Modified-Since": modified},
+        ):
+            response = await client.get("/data.txt", headers=headers)
+            assert response.status_code == 304, headers
+            assert response.content == b"" and response.headers["etag"] == etag
+        # If-None-Match present and not matching: If-Modified-Since is not looked at
+        response = await client.get(
+            "/data.txt", headers={"If-None-Match": '"stale"', "If-Modified-Since": modified}
+        )
+        assert response.status_code == 200
+        old = "Mon, 01 Jan 2001 00:00:00 GMT"
+        assert (
+            await client.get("/data.txt", headers={"If-Modified-Since": old})
+        ).status_code == 200
+        assert (await client.get("/data.txt", headers={"If-Match": '"x"'})).status_code == 412
+        assert (
+            await client.get("/data.txt", headers={"If-Unmodified-Since": old})
+        ).status_code == 412
+
+
+async def test_ranges(start_web: StartWeb, site: Path) -> None:
+    server = await start_web(root=site)
+    content = (site / "data.txt").read_bytes()
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        for spec, start, end in (
+            ("0-0", 0, 0),
+            ("10-19", 10, 19),
+            ("990-", 990, 999),
+            ("-5", 995, 999),
+            ("900-5000", 900, 999),
+        ):
+            response = await client.get("/data.txt", headers={"Range": f"bytes={spec}"})
+            assert response.status_code == 206, spec
+            assert response.headers["content-range"] == f"bytes {start}-{end}/1000"
+            assert response.content == content[start : end + 1]
+        for spec in ("1000-", "5000-6000", "-0"):
+            response = await client.get("/data.txt", headers={"Range": f"bytes={spec}"})
+            assert response.status_code == 416, spec
+            assert response.headers["content-range"] == "bytes */1000"
+        many = await client.get("/data.txt", headers={"Range": "bytes=0-1,5-6"})
+        assert (many.status_code, many.content) == (200, content)
+        absurd = "bytes=" + ",".join(f"{n}-{n}" for n in range(1500))
+        response = await client.get("/data.txt", headers={"Range": absurd})
+        assert (response.status_code, len(response.content)) == (200, 1000)
+        assert (await client.get("/data.txt", headers={"Range": "lines=1-2"})).status_code == 200
+        etag = (await client.get("/data.txt")).headers["etag"]
+        fresh = await client.get("/data.txt", headers={"Range": "bytes=0-9", "If-Range": etag})
+        assert fresh.status_code == 206
+        stale = await client.get("/data.txt", headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+        assert (stale.status_code, stale.content) == (200, content)
+        old_date = await client.get(
+            "/data.txt", headers={"Range": "bytes=0-9", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"}
+        )
+        assert old_date.status_code == 200
+
+
+async def test_gzip_static(start_web: StartWeb, site: Path) -> None:
+    css = (site / "style.css").read_bytes()
+    (site / "style.css.gz").write_bytes(gzip.compress(css))
+    server = await start_web(root=site, open_file_cache_valid=0)
+    client = await RawClient.connect(server.server.address)
+    await client.send(b"GET /style.css HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip, br\r\n\r\n")
+    status, headers, body = await client.response()
+    assert (status, headers["content-encoding"], headers["vary"]) == (
+        200,
+        "gzip",
+        "Accept-Encoding",
+    )
+    assert headers["content-type"] == "text/css; charset=utf-8"
+    assert gzip.decompress(body) == css
+    await client.send(b"GET /style.css HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, headers, body = await client.response()
+    assert "content-encoding" not in headers and headers["vary"] == "Accept-Encoding"
+    assert body == css
+    await client.send(b"GET /style.css HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip;q=0\r\n\r\n")
+    assert (await client.response())[2] == css
+
+
+async def test_nothing_outside_the_root(start_web: StartWeb, site: Path) -> None:
+    server = await start_web(root=site)
+    vectors = {
+        b"/../secret.txt": 404,
+        b"/docs/../../secret.txt": 404,
+        b"/%2e%2e/secret.txt": 404,
+        b"/%2E%2E/%2E%2E/secret.txt": 404,
+        b"/docs%2f..%2f..%2fsecret.txt": 404,
+        b"/..%5csecret.txt": 404,
+        b"/..\\secret.txt": 404,
+        b"/escape": 404,  # a symlink that leaves the root
+        b"/data.txt%00.html": 400,
+        b"/%ff%fe": 400,
+        b"//etc/passwd": 404,
+        b"/" + os.fsencode(site.parent / "secret.txt"): 404,
+    }
+    for target, expected in vectors.items():
+        assert await raw_status(server, target) == expected, target
+    # a symlink inside the root to a file inside it is served
+    assert await raw_status(server, b"/inside") == 200
