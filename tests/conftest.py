@@ -87,6 +87,14 @@ class RawClient:
         self.writer.close()
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
 async def start_server(handler: Handler, config: ServerConfig | None = None) -> Server:
     server = Server(handler, config)
     await server.start("127.0.0.1", 0)

@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RawClient
+from tests.conftest import RawClient, peak_rss_mib
 
 SIZE = 100 * 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 @pytest.fixture

@@ -1,0 +1,56 @@
+"""The site end to end: the package's own pages through foobar.web, the API through it to
+a real app server on a real primary-replica pair."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from foobar.app.serve import AppServer
+from tests.app.conftest import app_settings
+from tests.dbcluster import Cluster
+from tests.web.conftest import StartWeb
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def site_url(db_cluster: Cluster, start_web: StartWeb) -> AsyncIterator[str]:
+    app = AppServer(app_settings(db_cluster, "app1"))
+    await app.start()
+    web = await start_web(upstreams=[f"127.0.0.1:{app.server.address[1]}"])  # the package's site
+    host, port = web.server.address
+    yield f"http://{host}:{port}"
+    await app.stop()
+
+
+async def test_open_post_see_and_like(site_url: str) -> None:
+    async with httpx.AsyncClient(base_url=site_url) as browser:
+        page = await browser.get("/")
+        assert page.status_code == 200 and '<form id="compose">' in page.text
+        for asset, kind in (("/app.js", "text/javascript"), ("/style.css", "text/css")):
+            response = await browser.get(asset)
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith(kind), asset
+
+        created = await browser.post(
+            "/api/posts",
+            json={"author": "ada", "title": "Hello", "body": "from the site"},
+            headers={"Idempotency-Key": "site-test-1"},
+        )
+        assert created.status_code == 201
+        assert created.headers["x-foobar-web"] == "web1"
+        assert created.headers["x-foobar-app"] == "app1"
+        assert created.headers["x-foobar-db"] == "primary"
+        post_id = created.json()["id"]
+        # the cookie the write set makes the very next read see it
+        listed = await browser.get("/api/posts")
+        assert listed.json()["posts"][0]["id"] == post_id
+        assert listed.headers["x-foobar-db"] == "replica"
+
+        liked = await browser.post(f"/api/posts/{post_id}/likes")
+        assert liked.json() == {"id": post_id, "likes": 1}
+        read = await browser.get(f"/api/posts/{post_id}")
+        assert read.json()["likes"] == 1
