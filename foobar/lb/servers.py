@@ -1,0 +1,214 @@
+"""Servers and backends at run time: state, weights, slots (`maxconn`) and the queue.
+
+A server is usable while it is up (health), in `ready` state and not ejected by passive
+checks. `Backend.acquire()` picks among usable servers with a free slot (backups only
+when no normal server is up), waits in the backend's queue when all are full, and fails
+with 503 at once when nothing is up, or after `timeout_queue` in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+from foobar.http.client import PoolConfig, UpstreamPool
+from foobar.http.errors import HTTPError
+from foobar.lb import algorithms
+from foobar.lb.algorithms import Algorithm, RequestInfo
+from foobar.lb.settings import BackendSettings, ServerSettings, ServerState
+
+log = logging.getLogger("foobar.lb.servers")
+
+
+class NoServer(HTTPError):
+    """No server can take the request: all down, or the queue timed out."""
+
+    status = 503
+
+
+@dataclass
+class Counters:
+    sessions_total: int = 0
+    sessions_max: int = 0
+    requests: int = 0
+    errors_connect: int = 0
+    errors_response: int = 0
+    retries: int = 0
+    redispatches: int = 0
+
+
+@dataclass
+class Server:
+    settings: ServerSettings
+    backend_name: str
+    pool: UpstreamPool
+    weight: int = 1
+    state: ServerState = "ready"
+    up: bool = True  # health: servers start up, the first check runs at once (HAProxy)
+    check_status: str = "not checked yet"
+    last_change: float = field(default_factory=time.time)
+    consecutive_errors: int = 0
+    ejected_until: float = 0.0
+    active: int = 0
+    counters: Counters = field(default_factory=Counters)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def usable(self) -> bool:
+        return self.up and self.state == "ready" and time.monotonic() >= self.ejected_until
+
+    @property
+    def has_slot(self) -> bool:
+        maxconn = self.settings.maxconn
+        return maxconn is None or self.active < maxconn
+
+    def set_health(self, up: bool, reason: str) -> None:
+        self.check_status = reason
+        if up != self.up:
+            self.up = up
+            self.last_change = time.time()
+            log.warning(
+                "event=server_%s backend=%s server=%s reason=%r",
+                "up" if up else "down",
+                self.backend_name,
+                self.name,
+                reason,
+            )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": str(self.settings.address),
+            "state": self.state,
+            "status": "UP" if self.up else "DOWN",
+            "ejected": time.monotonic() < self.ejected_until,
+            "weight": self.weight,
+            "backup": self.settings.backup,
+            "maxconn": self.settings.maxconn,
+            "active": self.active,
+            "check": self.check_status,
+            "last_change": self.last_change,
+            **self.counters.__dict__,
+        }
+
+
+class Backend:
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        pool_config = PoolConfig(
+            connect_timeout=settings.timeout_connect,
+            read_timeout=settings.timeout_server,
+            max_idle=settings.keepalive,
+        )
+        self.servers = [
+            Server(
+                server,
+                settings.name,
+                UpstreamPool(server.address.host, server.address.port, pool_config),
+                weight=server.weight,
+                state=server.state,
+            )
+            for server in settings.servers
+        ]
+        self.algorithm: Algorithm = algorithms.create(settings.algorithm)
+        self.algorithm.update(self.servers)
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.queued_max = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def server(self, name: str) -> Server | None:
+        return next((server for server in self.servers if server.name == name), None)
+
+    def weights_changed(self) -> None:
+        self.algorithm.update(self.servers)
+
+    def usable(self) -> list[Server]:
+        """Usable normal servers, or, when none is up, usable backups."""
+        normal = [s for s in self.servers if not s.settings.backup and s.usable]
+        return normal or [s for s in self.servers if s.settings.backup and s.usable]
+
+    async def acquire(self, request: RequestInfo, avoid: Server | None = None) -> Server:
+        """A server for one connection or request, its slot taken. `avoid` is the one that
+        just failed (redispatch), used only when it is the last one left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout_queue
+        while True:
+            usable = self.usable()
+            if not usable:
+                raise NoServer(f"backend {self.name} has no server available")
+            candidates = [server for server in usable if server.has_slot]
+            if avoid is not None and len(candidates) > 1:
+                candidates = [server for server in candidates if server is not avoid]
+            picked = self.algorithm.pick(candidates, request) if candidates else None
+            if picked is not None:
+                assert isinstance(picked, Server)
+                self._take(picked)
+                return picked
+            waiter = loop.create_future()
+            self._queue.append(waiter)
+            self.queued_max = max(self.queued_max, len(self._queue))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                raise NoServer(
+                    f"backend {self.name}: no free slot within timeout queue "
+                    f"{self.settings.timeout_queue}s"
+                ) from None
+            finally:
+                if waiter in self._queue:
+                    self._queue.remove(waiter)
+
+    def _take(self, server: Server) -> None:
+        server.active += 1
+        counters = server.counters
+        counters.sessions_total += 1
+        counters.sessions_max = max(counters.sessions_max, server.active)
+        self.algorithm.started(server)
+
+    def release(self, server: Server) -> None:
+        server.active -= 1
+        self.algorithm.finished(server)
+        self.wake_one()
+
+    def wake_one(self) -> None:
+        """A slot freed or a server came back: the first in the queue tries again."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def failed(self, server: Server, kind: str) -> None:
+        """Passive check: a connection failure or a 5xx. Enough in a row eject it."""
+        if kind == "connect":
+            server.counters.errors_connect += 1
+        else:
+            server.counters.errors_response += 1
+        server.consecutive_errors += 1
+        if server.consecutive_errors >= self.settings.observe_errors:
+            server.consecutive_errors = 0
+            server.ejected_until = time.monotonic() + self.settings.eject_time
+            log.warning(
+                "event=server_ejected backend=%s server=%s for=%.0fs",
+                self.name,
+                server.name,
+                self.settings.eject_time,
+            )
+
+    def succeeded(self, server: Server) -> None:
+        server.consecutive_errors = 0
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.pool.close()
