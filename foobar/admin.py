@@ -43,6 +43,7 @@ class Admin:
         status: Status,
         registry: CollectorRegistry = REGISTRY,
         routes: Mapping[tuple[str, bytes], Route] | None = None,
+        fallback: Route | None = None,
     ) -> None:
         self.health = health
         self.status = status
@@ -53,6 +54,7 @@ class Admin:
             ("GET", b"/status"): self._status,
             **(routes or {}),
         }
+        self.fallback = fallback  # for paths with parameters, e.g. /servers/{backend}/{server}
         self.server = Server(self.handle, ServerConfig(max_body_bytes=MAX_ADMIN_BODY))
 
     async def start(self, address: HostPort) -> None:
@@ -68,6 +70,8 @@ class Admin:
         route = self.routes.get((method, request.path))
         if route is not None:
             return await route(request)
+        if self.fallback is not None:
+            return await self.fallback(request)
         allowed = sorted(m for m, path in self.routes if path == request.path)
         if allowed:
             response = error_response(405)

@@ -26,7 +26,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from foobar.http import headers as hdrs
-from foobar.http import limits
+from foobar.http import limits, proxy_protocol
 from foobar.http.errors import (
     BodyTooLarge,
     ConnectionClosed,
@@ -50,6 +50,8 @@ class ServerConfig:
     send_timeout: float = limits.SEND_TIMEOUT
     high_water: int = limits.HIGH_WATER
     low_water: int = limits.LOW_WATER
+    # every connection starts with a PROXY protocol preamble (HAProxy's accept-proxy)
+    accept_proxy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,8 @@ class Connection(FlowControlled):
         self._error: HTTPError | None = None
         self._peer_eof = False
         self._lingering = False
+        # bytes of a PROXY preamble still being read; None once read (or not expected)
+        self._proxy_preamble: bytes | None = b"" if config.accept_proxy else None
         self._task: asyncio.Task[None] | None = None
         self._in_request = False  # the handler or response writer is running
         self._requests = 0
@@ -268,6 +272,10 @@ class Connection(FlowControlled):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
+        if self._proxy_preamble is not None:
+            data = self._take_preamble(data)
+            if not data:
+                return
         self._last_read = self.loop.time()
         if self._head_started is None and self._waiting_head:
             self._head_started = self._last_read
@@ -279,6 +287,26 @@ class Connection(FlowControlled):
             return
         if events:
             self.queue(events)
+
+    def _take_preamble(self, data: bytes) -> bytes:
+        """Read the PROXY preamble; the client's real address replaces the peer's.
+        Returns what follows it."""
+        buffered = (self._proxy_preamble or b"") + data
+        try:
+            parsed = proxy_protocol.parse(buffered)
+        except ProtocolError as exc:
+            log.info("event=bad_proxy_preamble peer=%s reason=%r", self.peer[0], str(exc))
+            self._proxy_preamble = None
+            self.abort()  # HAProxy closes without a word: no HTTP was spoken yet
+            return b""
+        if parsed is None:
+            self._proxy_preamble = buffered
+            return b""
+        consumed, source = parsed
+        self._proxy_preamble = None
+        if source is not None:
+            self.peer = source
+        return buffered[consumed:]
 
     def eof_received(self) -> bool | None:
         self._peer_eof = True

@@ -152,7 +152,7 @@ class Backend:
             picked = self.algorithm.pick(candidates, request) if candidates else None
             if picked is not None:
                 assert isinstance(picked, Server)
-                self._take(picked)
+                self.take(picked)
                 return picked
             waiter = loop.create_future()
             self._queue.append(waiter)
@@ -169,7 +169,7 @@ class Backend:
                 if waiter in self._queue:
                     self._queue.remove(waiter)
 
-    def _take(self, server: Server) -> None:
+    def take(self, server: Server) -> None:
         server.active += 1
         counters = server.counters
         counters.sessions_total += 1

@@ -1,0 +1,90 @@
+"""`python -m foobar.lb`: the balancer, its admin listener and stats, and the signals:
+SIGHUP reloads the settings (a broken file is refused, the old settings keep running),
+SIGTERM and SIGINT drain and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from foobar.admin import Admin
+from foobar.errors import ConfigError
+from foobar.lb import stats
+from foobar.lb.balancer import Balancer
+from foobar.lb.settings import LbSettings
+
+log = logging.getLogger("foobar.lb")
+
+
+class LoadBalancer:
+    def __init__(self, settings: LbSettings) -> None:
+        self.registry = CollectorRegistry()
+        self.balancer = Balancer(settings, self.registry)
+        self.registry.register(stats.StatsCollector(self.balancer))
+        self.admin = Admin(
+            self.health,
+            self.status,
+            self.registry,
+            stats.routes(self.balancer),
+            functools.partial(stats.change_server, self.balancer),
+        )
+
+    async def health(self) -> tuple[bool, str]:
+        backends = self.balancer.backends
+        empty = [name for name, backend in backends.items() if not backend.usable()]
+        if empty:
+            return False, f"no usable server in backend(s) {', '.join(empty)}"
+        return True, f"{len(backends)} backend(s) with usable servers"
+
+    async def status(self) -> Mapping[str, Any]:
+        return stats.snapshot(self.balancer)
+
+    async def start(self) -> None:
+        await self.balancer.start()
+        if self.balancer.settings.admin is not None:
+            await self.admin.start(self.balancer.settings.admin)
+
+    async def reload(self, load: Callable[[], LbSettings]) -> bool:
+        try:
+            settings = load()
+        except ConfigError as exc:
+            for key, message in exc.problems:
+                log.error("event=reload_refused key=%r reason=%r", key, message)
+            return False
+        try:
+            await self.balancer.reload(settings)
+        except OSError as exc:
+            log.error("event=reload_failed reason=%r", str(exc))
+            return False
+        return True
+
+    async def stop(self) -> None:
+        await self.balancer.stop()
+        await self.admin.shutdown()
+
+
+async def run(settings: LbSettings, load: Callable[[], LbSettings]) -> int:
+    lb = LoadBalancer(settings)
+    await lb.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(lb.reload(load))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stopping.wait()
+    log.info("event=stopping")
+    await lb.stop()
+    return 0
