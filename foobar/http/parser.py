@@ -14,8 +14,8 @@ responses to HEAD.
         END                          the message is complete
 
 A malformed message raises a `ProtocolError` that carries the status to answer with and,
-in `events`, what was parsed before the fault (earlier pipelined requests are still
-answered); the parser is unusable after that and the connection must be closed.
+in `events`, the complete messages parsed before the fault (earlier pipelined requests
+are still answered, the broken one is not); the parser is unusable after that and the connection must be closed.
 """
 
 from __future__ import annotations
@@ -72,6 +72,15 @@ Event = RequestHead | ResponseHead | bytes | EndOfMessage
 SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
 
 
+def complete_messages(events: list[Event]) -> list[Event]:
+    """The events of the messages that ended before a fault. A head whose message broke
+    (say, a Transfer-Encoding llhttp refuses after the head) must not be acted on."""
+    for index in range(len(events) - 1, -1, -1):
+        if events[index] is END:
+            return events[: index + 1]
+    return []
+
+
 class _Parser:
     """What requests and responses share: collecting the head, counting its size."""
 
@@ -120,7 +129,7 @@ class _Parser:
                 reason = str(exc)
                 invalid_version = reason == "Invalid HTTP version"
                 refusal = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
-            refusal.events = events
+            refusal.events = complete_messages(events)
             raise refusal from exc
         if self._in_head and continuing_head:
             # httptools buffers a half-received header value without calling back, so
@@ -130,7 +139,7 @@ class _Parser:
             self._raw_head_size += len(data)
             if self._raw_head_size > self.max_header_bytes:
                 too_large = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
-                too_large.events = events
+                too_large.events = complete_messages(events)
                 raise too_large
         return events
 

@@ -73,6 +73,9 @@ class Server:
         if up != self.up:
             self.up = up
             self.last_change = time.time()
+            if up:  # checks passed `rise` times: stronger word than the passive ejection
+                self.ejected_until = 0.0
+                self.consecutive_errors = 0
             log.warning(
                 "event=server_%s backend=%s server=%s reason=%r",
                 "up" if up else "down",

@@ -252,7 +252,15 @@ REJECTED = {
 
 
 @pytest.mark.parametrize("name", list(REJECTED))
-async def test_rejected_with_status_and_closed(echo_server: Server, name: str) -> None:
+async def test_rejected_with_status_and_closed(servers: list[Server], name: str) -> None:
+    seen: list[bytes] = []
+
+    async def recording(request: Request) -> Response:
+        seen.append(request.target)
+        return await echo(request)
+
+    echo_server = await start_server(recording)
+    servers.append(echo_server)
     data, expected = REJECTED[name]
     client = await RawClient.connect(echo_server.address)
     # a good request first: the bad one must not poison what came before it
@@ -262,6 +270,7 @@ async def test_rejected_with_status_and_closed(echo_server: Server, name: str) -
     assert status == expected
     assert headers["connection"] == "close"
     assert await client.closed()
+    assert seen == [b"/first"]  # the refused request never reached the handler
 
 
 async def test_header_without_end_is_431_not_unbounded(echo_server: Server) -> None:

@@ -1,0 +1,241 @@
+"""HTTP mode over real sockets, with backends the tests start and kill."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+
+import httpx
+import pytest
+
+from foobar.http.server import Request, Response, Server
+from tests.conftest import RawClient, start_server
+from tests.lb.conftest import StartLb, address_of, url_of
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST_CHECK = {
+    "kind": "http",
+    "path": "/healthz",
+    "inter": 0.1,
+    "rise": 2,
+    "fall": 2,
+    "timeout": 0.5,
+}
+
+
+def lb_fields(
+    *servers: str, algorithm: str = "roundrobin", check: dict | None = FAST_CHECK, **extra
+):  # type: ignore[no-untyped-def]
+    return {
+        "frontends": [{"name": "default", "bind": "127.0.0.1:0", "backend": "web"}],
+        "backends": [
+            {
+                "name": "web",
+                "algorithm": algorithm,
+                "servers": list(servers),
+                "check": check,
+                **extra,
+            }
+        ],
+    }
+
+
+async def test_forwarding_keep_alive_and_lb_header(
+    start_lb: StartLb, servers: list[Server]
+) -> None:
+    seen: list[Request] = []
+
+    async def upstream(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, [(b"X-Backend", b"1")], b"hello")
+
+    backend = await start_server(upstream)
+    servers.append(backend)
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{backend.address[1]}", check=None))
+    async with httpx.AsyncClient(base_url=url_of(lb)) as client:
+        for _ in range(5):
+            response = await client.get("/x?y=1", headers={"X-Forwarded-For": "203.0.113.5"})
+            assert response.text == "hello"
+            assert response.headers["x-foobar-lb"] == "lb1"
+            assert response.headers["x-backend"] == "1"
+    head = seen[0].headers
+    names = {name.lower(): value for name, value in head}
+    assert names[b"x-forwarded-for"] == b"203.0.113.5, 127.0.0.1"
+    assert names[b"x-forwarded-proto"] == b"http"
+    assert seen[0].target == b"/x?y=1"
+    assert len(backend.state.connections) == 1  # server-side keep-alive: one connection
+    assert lb.balancer.backends["web"].servers[0].pool.connections_made == 1
+
+
+async def test_backend_killed_under_load(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    started = [await backends(name) for name in ("a", "b", "c")]
+    lb = await start_lb(**lb_fields(*(f"{b.name}={b.address}" for b in started)))
+    web = lb.balancer.backends["web"]
+    failures: list[str] = []
+    served: collections.Counter[str] = collections.Counter()
+    stop = asyncio.Event()
+
+    async def visitor() -> None:
+        async with httpx.AsyncClient(base_url=url_of(lb), timeout=5) as client:
+            for _ in range(2000):  # bounded; the test stops it sooner
+                if stop.is_set():
+                    return
+                try:
+                    response = await client.get("/page?delay=0.005")
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                else:
+                    served[response.json()["server"]] += 1
+
+    load = [asyncio.create_task(visitor()) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    victim = started[1]
+    victim.kill()
+    killed_at = time.monotonic()
+    while web.server("b").up:  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)
+        assert time.monotonic() - killed_at < 2, "not marked down"
+    marked_down = time.monotonic() - killed_at
+    await asyncio.sleep(0.5)
+    served_before_return = served["b"]
+    await backends("b", victim.port)  # the same address comes back
+    while not web.server("b").up:  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*load)
+    assert failures == []  # every idempotent request was retried elsewhere
+    # inter 0.1 s x fall 2, plus a check's own time
+    assert marked_down < 0.1 * 2 + 0.5, marked_down
+    assert served["b"] > served_before_return  # traffic again after rise checks
+    assert served["a"] > 0 and served["c"] > 0
+
+
+async def test_maxconn_queue_and_timeout_queue(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    slow = await backends("slow")
+    lb = await start_lb(**lb_fields(f"s={slow.address},maxconn=1", check=None, timeout_queue=0.3))
+    async with (
+        httpx.AsyncClient(base_url=url_of(lb), timeout=10) as one,
+        httpx.AsyncClient(base_url=url_of(lb), timeout=10) as two,
+    ):
+        first = asyncio.create_task(one.get("/?delay=1.0"))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        queued = await two.get("/")
+        waited = time.monotonic() - started
+        assert queued.status_code == 503 and 0.25 < waited < 0.8
+        assert (await first).status_code == 200
+    lb2 = await start_lb(**lb_fields(f"s={slow.address},maxconn=1", check=None, timeout_queue=3))
+    async with (
+        httpx.AsyncClient(base_url=url_of(lb2), timeout=10) as one,
+        httpx.AsyncClient(base_url=url_of(lb2), timeout=10) as two,
+    ):
+        first = asyncio.create_task(one.get("/?delay=0.3"))
+        await asyncio.sleep(0.1)
+        second = await two.get("/")  # waits for the slot, then is served
+        assert second.status_code == 200 and (await first).status_code == 200
+        assert lb2.balancer.backends["web"].queued_max == 1
+
+
+async def test_all_down_is_503_at_once_and_backups_take_over(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    main, spare = await backends("main"), await backends("spare")
+    lb = await start_lb(**lb_fields(f"main={main.address}", f"spare={spare.address},backup"))
+    web = lb.balancer.backends["web"]
+    async with httpx.AsyncClient(base_url=url_of(lb)) as client:
+        assert {(await client.get("/")).json()["server"] for _ in range(6)} == {"main"}
+        main.kill()
+        while web.server("main").up:  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+        assert {(await client.get("/")).json()["server"] for _ in range(6)} == {"spare"}
+        spare.kill()
+        while web.server("spare").up:  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        response = await client.get("/")
+        assert response.status_code == 503 and time.monotonic() - started < 0.1
+        assert response.headers["x-foobar-lb"] == "lb1"
+
+
+POST = b"POST / HTTP/1.1\r\nHost: a\r\n"
+SMUGGLING = {
+    "CL.TE": POST + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    "TE.CL": POST
+    + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+    "TE.TE space before colon": POST + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "TE.TE two fields": POST
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n",
+    "TE.TE xchunked": POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "TE.TE list": POST + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "TE.TE obs-fold": POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+    "duplicate Content-Length": POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "bare LF": b"GET / HTTP/1.1\nHost: a\n\n",
+}
+
+
+async def test_smuggling_vectors_refused_and_never_reach_a_backend(
+    start_lb: StartLb, servers: list[Server]
+) -> None:
+    reached: list[bytes] = []
+
+    async def upstream(request: Request) -> Response:
+        reached.append(request.target)
+        await request.body.read()
+        return Response(200, [], b"ok")
+
+    backend = await start_server(upstream)
+    servers.append(backend)
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{backend.address[1]}", check=None))
+    for name, data in SMUGGLING.items():
+        client = await RawClient.connect(address_of(lb))
+        await client.send(data)
+        status, _, _ = await client.response()
+        assert status == 400, name
+        assert await client.closed(), name
+    assert reached == []
+
+
+async def test_cookie_stickiness(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    started = [await backends(name) for name in ("a", "b")]
+    lb = await start_lb(**lb_fields(*(f"{b.name}={b.address}" for b in started), cookie="SRV"))
+    async with httpx.AsyncClient(base_url=url_of(lb)) as client:
+        first = await client.get("/")
+        server = first.json()["server"]
+        assert first.headers["set-cookie"].startswith(f"SRV={server}; Path=/")
+        for _ in range(6):
+            response = await client.get("/")
+            assert response.json()["server"] == server
+            assert "set-cookie" not in response.headers
+
+
+async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    started = [await backends(name) for name in ("a", "b")]
+    fields = lb_fields(*(f"{b.name}={b.address}" for b in started))
+    lb = await start_lb(admin="127.0.0.1:0", **fields)
+    admin = f"http://127.0.0.1:{lb.admin.server.address[1]}"
+    async with (
+        httpx.AsyncClient(base_url=url_of(lb)) as client,
+        httpx.AsyncClient(base_url=admin) as ops,
+    ):
+        for _ in range(4):
+            await client.get("/")
+        page = await ops.get("/stats")
+        assert page.status_code == 200 and "<td>a</td>" in page.text and "refresh" in page.text
+        data = (await ops.get("/stats.json")).json()
+        servers = {s["name"]: s for s in data["backends"][0]["servers"]}
+        assert servers["a"]["requests"] + servers["b"]["requests"] == 4
+        changed = await ops.post("/servers/web/a", content=json.dumps({"state": "maint"}))
+        assert changed.json()["state"] == "maint"
+        assert {(await client.get("/")).json()["server"] for _ in range(4)} == {"b"}
+        await ops.post("/servers/web/a", content=json.dumps({"state": "ready", "weight": 3}))
+        picks = collections.Counter([(await client.get("/")).json()["server"] for _ in range(8)])
+        assert picks == {"a": 6, "b": 2}
+        assert (await ops.post("/servers/web/zzz", content=b"{}")).status_code == 404
+        assert (await ops.post("/servers/web/a", content=b'{"state": "off"}')).status_code == 400
+        metrics = (await ops.get("/metrics")).text
+        assert 'foobar_lb_server_weight{backend="web",server="a"} 3.0' in metrics
