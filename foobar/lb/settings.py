@@ -133,7 +133,6 @@ class LbSettings(RoleSettings):
     name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     frontends: list[FrontendSettings] = []
     backends: list[BackendSettings] = []
-    workers: int = Field(default=1, ge=1, le=64)
     drain_timeout: float = Field(default=30.0, ge=0)
 
     # quick start: one frontend and one backend from flags

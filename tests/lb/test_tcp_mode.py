@@ -1,0 +1,160 @@
+"""TCP mode: bytes both ways with flat memory, half-close, and the PROXY protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import httpx
+import pytest
+
+from foobar.http import proxy_protocol
+from foobar.http.server import Request, Response, Server
+from tests.conftest import peak_rss_mib, start_server
+from tests.dbcluster import free_port
+from tests.lb.conftest import ROOT, StartLb, url_of
+
+pytestmark = pytest.mark.timeout(90)
+SIZE = 100 * 1024 * 1024
+PIECE = b"t" * 262144
+
+
+async def wait_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on {port}")
+
+
+async def test_100_mb_both_ways_half_closed_with_flat_memory() -> None:
+    received_by_backend = 0
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Reads until the client's FIN, then answers 100 MB: only a half-close lets the
+        answer through."""
+        nonlocal received_by_backend
+        while chunk := await reader.read(1 << 20):
+            received_by_backend += len(chunk)
+        for _ in range(SIZE // len(PIECE)):
+            writer.write(PIECE)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    backend_port = server.sockets[0].getsockname()[1]
+    port = free_port()
+    lb = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "foobar.lb",
+        "--mode",
+        "tcp",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--backend",
+        f"127.0.0.1:{backend_port}",
+        cwd=ROOT,
+        env={**os.environ, "FOOBAR_LB_ACCESS_LOG": "false"},
+    )
+    try:
+        async with server:
+            await wait_listening(port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"warm")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            baseline = peak_rss_mib(lb.pid)
+            for _ in range(SIZE // len(PIECE)):
+                writer.write(PIECE)
+                await writer.drain()
+            writer.write_eof()  # half-close: our direction ends, theirs goes on
+            received = 0
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+                received += len(chunk)
+            writer.close()
+            assert received_by_backend == SIZE + 4
+            assert received == SIZE
+            growth = peak_rss_mib(lb.pid) - baseline
+            assert growth < 20, f"the balancer's peak RSS grew by {growth:.1f} MiB"
+    finally:
+        lb.terminate()
+        await lb.wait()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_send_proxy_tells_the_server_who_the_client_is(
+    start_lb: StartLb, version: str
+) -> None:
+    preambles: list[tuple[str, int] | None] = []
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(1024)
+        parsed = proxy_protocol.parse(data)
+        assert parsed is not None
+        consumed, source = parsed
+        preambles.append(source)
+        writer.write(data[consumed:].upper())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    async with server:
+        backend_port = server.sockets[0].getsockname()[1]
+        lb = await start_lb(
+            frontends=[{"name": "tcp", "bind": "127.0.0.1:0", "mode": "tcp", "backend": "db"}],
+            backends=[
+                {
+                    "name": "db",
+                    "check": None,
+                    "servers": [f"s=127.0.0.1:{backend_port},send-proxy={version}"],
+                }
+            ],
+        )
+        tcp = lb.balancer.listeners["tcp"].tcp
+        assert tcp is not None and tcp.server is not None
+        port = tcp.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        local_port = writer.get_extra_info("sockname")[1]
+        writer.write(b"hello")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b"HELLO"
+        writer.close()
+    assert preambles == [("127.0.0.1", local_port)]
+
+
+async def test_accept_proxy_takes_the_client_from_the_preamble(
+    start_lb: StartLb, servers: list[Server]
+) -> None:
+    forwarded: list[bytes | None] = []
+
+    async def upstream(request: Request) -> Response:
+        forwarded.append(request.header(b"x-forwarded-for"))
+        return Response(200, [], b"ok")
+
+    backend = await start_server(upstream)
+    servers.append(backend)
+    lb = await start_lb(
+        frontends=[
+            {"name": "default", "bind": "127.0.0.1:0", "backend": "web", "accept_proxy": True}
+        ],
+        backends=[{"name": "web", "check": None, "servers": [f"a=127.0.0.1:{backend.address[1]}"]}],
+    )
+    host, port = url_of(lb).removeprefix("http://").split(":")
+    for version in (1, 2):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        preamble = proxy_protocol.build(version, ("198.51.100.7", 40000), ("192.0.2.1", 443))
+        writer.write(preamble + b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    assert forwarded == [b"198.51.100.7", b"198.51.100.7"]
+    # without a preamble the connection is closed without a word
+    async with httpx.AsyncClient(base_url=url_of(lb)) as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.get("/")
