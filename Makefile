@@ -1,20 +1,26 @@
-# The two commands a newcomer types: `make up` (from issue 7 on) and `make test`.
+# The two commands a newcomer types: `make up` and `make test`.
 # Both work on a fresh Debian 12 / Ubuntu machine as root: they install what is missing.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# command:package pairs the tests need from the system (see scripts/system-packages)
-TEST_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server
+# command:package pairs needed from the system (see scripts/system-packages)
+SITE_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server openssl:openssl
+TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium
 
-.PHONY: test lint typecheck pytest clean
+.PHONY: up test lint typecheck pytest clean
+
+# the whole site on this machine: https://localhost:8443/ (Ctrl-C stops it)
+up: $(BIN)/.installed
+	@scripts/system-packages $(SITE_PACKAGES)
+	$(BIN)/python -m foobar up
 
 test: lint typecheck pytest
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "foobar needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V)" >&2; exit 1; }
-	@scripts/system-packages $(TEST_PACKAGES)
+	@scripts/system-packages python3-venv:python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

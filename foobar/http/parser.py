@@ -15,7 +15,8 @@ responses to HEAD.
 
 A malformed message raises a `ProtocolError` that carries the status to answer with and,
 in `events`, the complete messages parsed before the fault (earlier pipelined requests
-are still answered, the broken one is not); the parser is unusable after that and the connection must be closed.
+are still answered, the broken one is not); the parser is unusable after that and the
+connection must be closed.
 """
 
 from __future__ import annotations

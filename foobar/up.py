@@ -1,0 +1,464 @@
+"""`python -m foobar up`: the whole site on one machine, each role its own process started
+through the same entry points as in production (`python -m foobar.db`, `.app`, `.web`,
+`.lb`), state under `./var` (or `--state-dir`) and reused on the next start.
+
+Ports, from `--base-port` B (8080):
+
+    B        the balancer's HTTP listener (redirects to HTTPS unless --no-tls)
+    B+363    the balancer's HTTPS listener (8443)
+    B+1..    web servers         B+11..   app servers      B+21, B+22   MariaDB primary, replica
+    B+100    the balancer's admin (stats)    B+101.. web admins    B+111.. app admins
+    B+121    the database's admin
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvloop
+
+from foobar.errors import FoobarError
+from foobar.http.client import PoolConfig, UpstreamPool
+from foobar.settings import HostPort
+
+HOST = "127.0.0.1"
+STOP_TIMEOUT = 30.0
+READY_TIMEOUT = 90.0
+SERVER_BINARIES = ("mariadbd", "mysqld")
+SBIN = ("/usr/sbin", "/usr/local/sbin")
+
+
+class UpError(FoobarError):
+    """The site cannot be started; the message says why in one line."""
+
+
+@dataclass
+class Child:
+    role: str
+    name: str
+    command: list[str]
+    address: str
+    admin: HostPort
+    metric: str | None  # the requests counter whose rate the table shows
+    process: asyncio.subprocess.Process | None = None
+    healthy: str = "starting"
+    rate: float | None = None
+    _last: tuple[float, float] | None = None
+    _pool: UpstreamPool | None = field(default=None, repr=False)
+
+    async def admin_get(self, path: str) -> tuple[int, str]:
+        if self._pool is None:
+            self._pool = UpstreamPool(
+                self.admin.host, self.admin.port, PoolConfig(read_timeout=2.0)
+            )
+        response = await self._pool.request("GET", path.encode(), [(b"Host", b"up")])
+        return response.status, (await response.read()).decode()
+
+
+@dataclass
+class Plan:
+    state_dir: Path
+    base: int
+    webs: int
+    apps: int
+    tls: bool
+
+    def port(self, offset: int) -> int:
+        return self.base + offset
+
+    @property
+    def https_port(self) -> int:
+        return self.port(363)
+
+    def all_ports(self) -> list[int]:
+        ports = [self.port(0), self.port(100), self.port(21), self.port(22), self.port(121)]
+        ports += [self.port(1 + i) for i in range(self.webs)] + [
+            self.port(101 + i) for i in range(self.webs)
+        ]
+        ports += [self.port(11 + i) for i in range(self.apps)] + [
+            self.port(111 + i) for i in range(self.apps)
+        ]
+        return ports + ([self.https_port] if self.tls else [])
+
+
+def preflight(plan: Plan) -> None:
+    """Refuse at once, with one line, what would make a half-started site."""
+    path = os.environ.get("PATH", "") + os.pathsep + os.pathsep.join(SBIN)
+    if not any(shutil.which(binary, path=path) for binary in SERVER_BINARIES):
+        raise UpError(
+            "MariaDB/MySQL is not installed: apt-get install mariadb-server (or run `make up`)"
+        )
+    if plan.tls and shutil.which("openssl") is None:
+        raise UpError(
+            "openssl is needed for the self-signed certificate: "
+            "apt-get install openssl, or use --no-tls"
+        )
+    for port in plan.all_ports():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, port))
+            except OSError as exc:
+                raise UpError(
+                    f"port {port} on {HOST} is taken ({exc.strerror}); try --base-port"
+                ) from exc
+
+
+def certificate(plan: Plan) -> tuple[Path, Path]:
+    """A self-signed certificate for www.foobar.com, made once and kept."""
+    folder = plan.state_dir / "tls"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if cert.exists() and key.exists():
+        return cert, key
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    print("making a self-signed certificate for www.foobar.com ...", flush=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "825",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=www.foobar.com",
+            "-addext",
+            "subjectAltName=DNS:www.foobar.com,DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    return cert, key
+
+
+def lb_config(plan: Plan, webs: list[Child]) -> Path:
+    servers = "".join(
+        f'[[lb.backends.servers]]\nname = "{web.name}"\naddress = "{web.address}"\n\n'
+        for web in webs
+    )
+    if plan.tls:
+        cert, key = certificate(plan)
+        frontends = (
+            f'[[lb.frontends]]\nname = "https"\nbind = "{HOST}:{plan.https_port}"\n'
+            'backend = "web"\n'
+            f'tls_cert = "{cert}"\ntls_key = "{key}"\nhsts_max_age = 300\n\n'
+            f'[[lb.frontends]]\nname = "http"\nbind = "{HOST}:{plan.port(0)}"\nbackend = "web"\n'
+            f"redirect_https_port = {plan.https_port}\n\n"
+        )
+    else:
+        frontends = (
+            f'[[lb.frontends]]\nname = "http"\nbind = "{HOST}:{plan.port(0)}"\nbackend = "web"\n\n'
+        )
+    text = (
+        f'[lb]\nname = "lb1"\nadmin = "{HOST}:{plan.port(100)}"\n\n{frontends}'
+        '[[lb.backends]]\nname = "web"\nalgorithm = "leastconn"\n'
+        'check = { kind = "http", path = "/healthz", inter = 1.0, rise = 2, fall = 2 }\n\n'
+        f"{servers}"
+    )
+    path = plan.state_dir / "lb.toml"
+    path.write_text(text)
+    return path
+
+
+def python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+class Site:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.children: list[Child] = []
+        self.stopping = False
+        self.logs = plan.state_dir / "logs"
+        self.watchers: set[asyncio.Task[None]] = set()
+
+    async def start_child(self, child: Child) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{child.name}.log").open("ab")
+        child.process = await asyncio.create_subprocess_exec(
+            *child.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # Ctrl-C reaches them through us, in order
+        )
+        log.close()
+        self.children.append(child)
+        self.watchers.add(asyncio.create_task(self.watch(child)))
+
+    async def watch(self, child: Child) -> None:
+        assert child.process is not None
+        code = await child.process.wait()
+        if not self.stopping:
+            child.healthy = f"EXITED ({code})"
+            print(
+                f"\n!! {child.role} {child.name} (pid {child.process.pid}) exited, code {code}; "
+                f"see {self.logs / (child.name + '.log')}",
+                flush=True,
+            )
+
+    async def wait_ready(self, child: Child, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        reason = "not answering yet"
+        while loop.time() < deadline:
+            if child.process is not None and child.process.returncode is not None:
+                raise UpError(
+                    f"{child.name} exited with code {child.process.returncode}; "
+                    f"see {self.logs / (child.name + '.log')}"
+                )
+            try:
+                status, text = await child.admin_get("/healthz")
+                if status == 200:
+                    child.healthy = "ok"
+                    return
+                reason = text.strip()
+            except FoobarError as exc:
+                reason = str(exc)
+            await asyncio.sleep(0.3)
+        raise UpError(f"{child.name} was not ready within {READY_TIMEOUT:.0f}s ({what}): {reason}")
+
+    async def start(self) -> None:
+        plan = self.plan
+        state = plan.state_dir.resolve()
+        db = Child(
+            "db",
+            "db",
+            python(
+                "foobar.db",
+                "serve",
+                "--state-dir",
+                str(state / "db"),
+                "--bind-host",
+                HOST,
+                "--primary-port",
+                str(plan.port(21)),
+                "--replica-port",
+                str(plan.port(22)),
+                "--admin",
+                f"{HOST}:{plan.port(121)}",
+            ),
+            f"{HOST}:{plan.port(21)}/{plan.port(22)}",
+            HostPort(HOST, plan.port(121)),
+            None,
+        )
+        print(
+            f"starting the database (primary :{plan.port(21)}, replica :{plan.port(22)}) ...",
+            flush=True,
+        )
+        await self.start_child(db)
+        await self.wait_ready(db, "primary and replica replicating")
+
+        secrets = json.loads((state / "db" / "secrets.json").read_text())
+        dsn = "mysql://foobar:{password}@{host}:{port}/foobar"
+        env_primary = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(21))
+        env_replica = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(22))
+        apps = []
+        for i in range(plan.apps):
+            port, admin = plan.port(11 + i), plan.port(111 + i)
+            app = Child(
+                "app",
+                f"app{i + 1}",
+                python(
+                    "foobar.app",
+                    "--bind",
+                    f"{HOST}:{port}",
+                    "--name",
+                    f"app{i + 1}",
+                    "--admin",
+                    f"{HOST}:{admin}",
+                    "--primary",
+                    env_primary,
+                    "--replica",
+                    env_replica,
+                ),
+                f"{HOST}:{port}",
+                HostPort(HOST, admin),
+                "foobar_app_requests_total",
+            )
+            await self.start_child(app)
+            apps.append(app)
+        for app in apps:
+            await self.wait_ready(app, "schema ready")
+
+        webs = []
+        for i in range(plan.webs):
+            port, admin = plan.port(1 + i), plan.port(101 + i)
+            upstreams = [arg for app in apps for arg in ("--upstream", app.address)]
+            web = Child(
+                "web",
+                f"web{i + 1}",
+                python(
+                    "foobar.web",
+                    "--bind",
+                    f"{HOST}:{port}",
+                    "--name",
+                    f"web{i + 1}",
+                    "--admin",
+                    f"{HOST}:{admin}",
+                    *upstreams,
+                ),
+                f"{HOST}:{port}",
+                HostPort(HOST, admin),
+                "foobar_web_requests_total",
+            )
+            await self.start_child(web)
+            webs.append(web)
+        for web in webs:
+            await self.wait_ready(web, "listening")
+
+        lb = Child(
+            "lb",
+            "lb1",
+            python("foobar.lb", "--config", str(lb_config(plan, webs))),
+            f"{HOST}:{plan.port(0)}" + (f", https :{plan.https_port}" if plan.tls else ""),
+            HostPort(HOST, plan.port(100)),
+            "foobar_lb_requests_total",
+        )
+        await self.start_child(lb)
+        await self.wait_ready(lb, "web servers up")
+
+    def banner(self) -> str:
+        plan = self.plan
+        lines = ["", "www.foobar.com is up:"]
+        if plan.tls:
+            lines.append(
+                f"  https://localhost:{plan.https_port}/   (self-signed certificate in "
+                f"{plan.state_dir / 'tls'}; http://localhost:{plan.port(0)}/ redirects there)"
+            )
+        else:
+            lines.append(f"  http://localhost:{plan.port(0)}/")
+        lines.append(f"  load balancer stats: http://{HOST}:{plan.port(100)}/stats")
+        lines.append(f"  logs: {self.logs}/   state: {plan.state_dir}/   Ctrl-C stops everything")
+        return "\n".join(lines)
+
+    async def refresh(self) -> None:
+        for child in self.children:
+            if child.process is None or child.process.returncode is not None:
+                continue
+            try:
+                status, text = await child.admin_get("/healthz")
+                child.healthy = "ok" if status == 200 else f"UNHEALTHY: {text.strip()[:40]}"
+                if child.metric:
+                    _, metrics = await child.admin_get("/metrics")
+                    total = sum(
+                        float(line.rsplit(" ", 1)[1])
+                        for line in metrics.splitlines()
+                        if line.startswith(child.metric)
+                    )
+                    now = time.monotonic()
+                    if child._last is not None:
+                        child.rate = (total - child._last[1]) / (now - child._last[0])
+                    child._last = (now, total)
+            except FoobarError as exc:
+                child.healthy = f"no answer: {str(exc)[:40]}"
+
+    def table(self) -> str:
+        rows = [("role", "name", "pid", "address", "health", "req/s")]
+        for child in self.children:
+            pid = str(child.process.pid) if child.process else "-"
+            rate = "-" if child.rate is None else f"{child.rate:.1f}"
+            rows.append((child.role, child.name, pid, child.address, child.healthy, rate))
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            for row in rows
+        )
+
+    async def show(self, stop: asyncio.Event) -> None:
+        interactive = sys.stdout.isatty()
+        while not stop.is_set():
+            await self.refresh()
+            if interactive:
+                print("\x1b[2J\x1b[H" + self.banner() + "\n\n" + self.table(), flush=True)
+            else:
+                print(self.table() + "\n", flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0 if interactive else 10.0)
+
+    async def stop(self) -> None:
+        """SIGTERM in reverse order of start (the balancer first, the database last), then
+        SIGKILL what has not stopped within STOP_TIMEOUT."""
+        self.stopping = True
+        for child in reversed(self.children):
+            process = child.process
+            if process is None or process.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                print(f"{child.name} did not stop in {STOP_TIMEOUT:.0f}s: killing it", flush=True)
+                process.kill()
+                await process.wait()
+            print(f"stopped {child.role} {child.name}", flush=True)
+
+
+async def run(plan: Plan) -> int:
+    preflight(plan)
+    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    site = Site(plan)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        starting = asyncio.create_task(site.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            return 130
+        starting.result()
+        print(site.banner(), flush=True)
+        await site.show(stop)
+        return 0
+    except UpError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("\nstopping ...", flush=True)
+        await site.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m foobar up",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--state-dir", type=Path, default=Path("var"))
+    parser.add_argument("--base-port", type=int, default=8080)
+    parser.add_argument("--web", type=int, default=2, choices=range(1, 10), metavar="N")
+    parser.add_argument("--app", type=int, default=2, choices=range(1, 10), metavar="N")
+    parser.add_argument("--no-tls", action="store_true", help="HTTP only on the base port")
+    args = parser.parse_args(argv)
+    if not 1024 <= args.base_port <= 65535 - 400:
+        parser.error("--base-port must leave room for 400 ports above it, from 1024")
+    plan = Plan(args.state_dir, args.base_port, args.web, args.app, not args.no_tls)
+    try:
+        return uvloop.run(run(plan))
+    except UpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
