@@ -116,6 +116,8 @@ class DbNode:
             db=self.dsn.database,
             autocommit=True,
             charset="utf8mb4",
+            # TIMESTAMP values in UTC whatever the server's zone; the API says so with "Z"
+            init_command="SET time_zone = '+00:00'",
             connect_timeout=self.settings.connect_timeout,
         )
 

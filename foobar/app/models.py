@@ -52,13 +52,18 @@ class NewPost(BaseModel):
     body: Body
 
 
+def as_utc(moment: datetime.datetime) -> datetime.datetime:
+    """The database hands back naive UTC times (the session's time_zone is +00:00)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
 class Post(BaseModel):
     id: int
     author: str
     title: str
     body: str
     likes: int
-    created_at: datetime.datetime
+    created_at: Annotated[datetime.datetime, AfterValidator(as_utc)]
 
 
 class PostPage(BaseModel):

@@ -1,0 +1,104 @@
+"""What a host of the multi-host test does, run inside its network namespace:
+
+    python -m tests.e2e.probe get URL [CA]              one request; prints JSON
+    python -m tests.e2e.probe post URL JSON [CA]        a POST, then a GET of what it made,
+                                                        with the GTID cookie it set
+    python -m tests.e2e.probe connect HOST PORT         prints open, refused or timeout
+    python -m tests.e2e.probe loop URL SECONDS [CA]     GETs until SECONDS pass (at most
+                                                        5000); prints failures and which
+                                                        web server answered
+
+Standard library only: it starts in milliseconds."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import socket
+import ssl
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+
+def request(
+    method: str, url: str, ca: str | None, body: bytes | None = None, cookie: str | None = None
+) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=ca)
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port or 443, context=context, timeout=10
+        )
+    else:
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if cookie:
+        headers["Cookie"] = cookie
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    connection.request(method, target or "/", body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return {
+        "status": response.status,
+        "headers": {k.lower(): v for k, v in response.getheaders()},
+        "body": data.decode("utf-8", "replace"),
+    }
+
+
+def connect(host: str, port: int) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=1.5):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return f"error {exc.errno}"
+
+
+def loop(url: str, seconds: float, ca: str | None) -> dict[str, Any]:
+    failures: list[str] = []
+    by_web: collections.Counter[str] = collections.Counter()
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline and count < 5000:
+        count += 1
+        try:
+            answer = request("GET", url, ca)
+        except OSError as exc:
+            failures.append(repr(exc))
+            continue
+        if answer["status"] != 200:
+            failures.append(f"{answer['status']} {answer['body'][:80]}")
+        else:
+            by_web[answer["headers"].get("x-foobar-web", "?")] += 1
+    return {"count": count, "failures": failures, "by_web": by_web}
+
+
+def main(argv: list[str]) -> None:
+    command = argv[0]
+    if command == "get":
+        result: Any = request("GET", argv[1], argv[2] if len(argv) > 2 else None)
+    elif command == "post":
+        ca = argv[3] if len(argv) > 3 else None
+        created = request("POST", argv[1], ca, argv[2].encode())
+        cookie = created["headers"].get("set-cookie", "").split(";")[0]
+        location = created["headers"].get("location", "")
+        read = request("GET", argv[1].split("/api/")[0] + location, ca, cookie=cookie)
+        result = {"created": created, "read": read}
+    elif command == "connect":
+        result = connect(argv[1], int(argv[2]))
+    elif command == "loop":
+        result = loop(argv[1], float(argv[2]), argv[3] if len(argv) > 3 else None)
+    else:
+        raise SystemExit(f"unknown command {command}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
