@@ -39,13 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--check-path", dest="check_path", help="HTTP health checks on this path")
     parser.add_argument("--name", help="this node's name, sent as X-Foobar-LB")
+    parser.add_argument("--workers", type=int, help="processes sharing the ports (one per core)")
     settings = from_command_line(LbSettings, parser, argv)
     logs.setup(settings.log_level)
     options = vars(parser.parse_args(argv))
     config = options.pop("config", None)
     options.pop("check", None)
     try:
-        return uvloop.run(run(settings, functools.partial(reload_settings, config, options)))
+        reload = functools.partial(reload_settings, config, options)
+        return uvloop.run(run(settings, reload, list(argv if argv is not None else sys.argv[1:])))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -69,8 +69,11 @@ class Listener:
 
 
 class Balancer:
-    def __init__(self, settings: LbSettings, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: LbSettings, registry: CollectorRegistry, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port  # several worker processes share the ports
         self.registry = registry
         self.started = time.time()
         self.backends: dict[str, Backend] = {}
@@ -95,7 +98,7 @@ class Balancer:
         listener = Listener(frontend)
         if frontend.mode == "tcp":
             listener.tcp = TcpFrontend(frontend, self)
-            await listener.tcp.start(context)
+            await listener.tcp.start(context, self.reuse_port)
         else:
             listener.http = HttpFrontend(frontend, self)
             listener.server = Server(
@@ -110,7 +113,9 @@ class Balancer:
                 ),
                 on_response=functools.partial(self._observe, frontend.name),
             )
-            await listener.server.start(frontend.bind.host, frontend.bind.port, ssl=context)
+            await listener.server.start(
+                frontend.bind.host, frontend.bind.port, ssl=context, reuse_port=self.reuse_port
+            )
         log.info(
             "event=listening frontend=%s bind=%s mode=%s tls=%s",
             frontend.name,

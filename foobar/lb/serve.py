@@ -8,7 +8,7 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,21 +18,24 @@ from foobar.errors import ConfigError
 from foobar.lb import stats
 from foobar.lb.balancer import Balancer
 from foobar.lb.settings import LbSettings
+from foobar.lb.workers import Workers, report_admin_port, worker_index
+from foobar.settings import HostPort
 
 log = logging.getLogger("foobar.lb")
 
 
 class LoadBalancer:
-    def __init__(self, settings: LbSettings) -> None:
+    def __init__(self, settings: LbSettings, workers: Workers | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.balancer = Balancer(settings, self.registry)
+        self.workers = workers
+        self.balancer = Balancer(settings, self.registry, reuse_port=settings.workers > 1)
         self.registry.register(stats.StatsCollector(self.balancer))
         self.admin = Admin(
             self.health,
             self.status,
             self.registry,
-            stats.routes(self.balancer),
-            functools.partial(stats.change_server, self.balancer),
+            stats.routes(self.balancer, workers),
+            functools.partial(stats.change_server, self.balancer, workers),
         )
 
     async def health(self) -> tuple[bool, str]:
@@ -65,13 +68,23 @@ class LoadBalancer:
         return True
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
         await self.balancer.stop()
         await self.admin.shutdown()
 
 
-async def run(settings: LbSettings, load: Callable[[], LbSettings]) -> int:
-    lb = LoadBalancer(settings)
+async def run(settings: LbSettings, load: Callable[[], LbSettings], argv: Sequence[str]) -> int:
+    index = worker_index()
+    if index:  # a worker: its admin listener is the master's business, on loopback
+        settings = settings.model_copy(update={"admin": HostPort("127.0.0.1", 0)})
+    workers = Workers(argv) if index == 0 and settings.workers > 1 else None
+    lb = LoadBalancer(settings, workers)
     await lb.start()
+    if index:
+        report_admin_port(lb.admin.server.address[1])
+    elif workers is not None:
+        await workers.start(settings.workers)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -79,6 +92,8 @@ async def run(settings: LbSettings, load: Callable[[], LbSettings]) -> int:
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
+        if workers is not None:
+            workers.signal(signal.SIGHUP)
         task = loop.create_task(lb.reload(load))
         reloads.add(task)
         task.add_done_callback(reloads.discard)

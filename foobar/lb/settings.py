@@ -134,6 +134,8 @@ class LbSettings(RoleSettings):
     frontends: list[FrontendSettings] = []
     backends: list[BackendSettings] = []
     drain_timeout: float = Field(default=30.0, ge=0)
+    # processes accepting on the same ports (SO_REUSEPORT): one per core
+    workers: int = Field(default=1, ge=1, le=64)
 
     # quick start: one frontend and one backend from flags
     bind: Address | None = None

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from foobar.admin import json_response
 from foobar.http.server import Request, Response
 from foobar.lb.balancer import Balancer
+from foobar.lb.workers import Workers
 
 STATES = ("ready", "drain", "maint")
 REFRESH_SECONDS = 5
@@ -56,7 +57,8 @@ def snapshot(balancer: Balancer) -> dict[str, Any]:
     }
 
 
-def page(data: dict[str, Any]) -> bytes:
+def section(data: dict[str, Any]) -> str:
+    """One worker's frontends, backends and servers."""
     escape = html.escape
     rows = []
     for backend in data["backends"]:
@@ -91,9 +93,23 @@ def page(data: dict[str, Any]) -> bytes:
         f"<td>{f['connections']}</td></tr>"
         for f in data["frontends"]
     )
+    return f"""<h1>foobar.lb <small>node {escape(data["node"])}, pid {data["pid"]},
+up {data["uptime"]:.0f}s</small></h1>
+<h2>frontends</h2><table><tr><th>name</th><th>bind</th><th>mode</th><th>backend</th>
+<th>connections</th></tr>{frontends}</table>
+{"".join(rows)}"""
+
+
+def page(workers: list[dict[str, Any]]) -> bytes:
+    sections = "<hr>".join(
+        section(data)
+        if "error" not in data
+        else f"<p>worker pid {data['pid']}: {data['error']}</p>"
+        for data in workers
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
-<title>foobar.lb stats: {escape(data["node"])}</title>
+<title>foobar.lb stats</title>
 <style>
 body {{ font: 13px system-ui, sans-serif; margin: 1.5rem; color: #1d2433; }}
 table {{ border-collapse: collapse; margin-bottom: 1rem; }}
@@ -102,28 +118,31 @@ th {{ background: #e8edf5; }} tr.up {{ background: #e3f6e8; }} tr.down {{ backgr
 tr.drain {{ background: #fdf1d8; }} tr.maint {{ background: #e6e2f5; }}
 small {{ color: #5c6779; font-weight: normal; }}
 </style></head><body>
-<h1>foobar.lb <small>node {escape(data["node"])}, pid {data["pid"]}, up {data["uptime"]:.0f}s,
-refreshes every {REFRESH_SECONDS}s</small></h1>
-<h2>frontends</h2><table><tr><th>name</th><th>bind</th><th>mode</th><th>backend</th>
-<th>connections</th></tr>{frontends}</table>
-{"".join(rows)}
+<p><small>{len(workers)} worker(s); this page refreshes every {REFRESH_SECONDS}s</small></p>
+{sections}
 </body></html>""".encode()
 
 
-def routes(balancer: Balancer) -> dict[tuple[str, bytes], Any]:
+def routes(balancer: Balancer, workers: Workers | None) -> dict[tuple[str, bytes], Any]:
+    async def everyone() -> list[dict[str, Any]]:
+        return [snapshot(balancer), *(await workers.snapshots() if workers else [])]
+
     async def stats_html(request: Request) -> Response:
         return Response(
-            200, [(b"Content-Type", b"text/html; charset=utf-8")], page(snapshot(balancer))
+            200, [(b"Content-Type", b"text/html; charset=utf-8")], page(await everyone())
         )
 
     async def stats_json(request: Request) -> Response:
-        return json_response(200, snapshot(balancer))
+        if workers is None:
+            return json_response(200, snapshot(balancer))
+        return json_response(200, {"workers": await everyone()})
 
     return {("GET", b"/stats"): stats_html, ("GET", b"/stats.json"): stats_json}
 
 
-async def change_server(balancer: Balancer, request: Request) -> Response:
-    """POST /servers/{backend}/{server} with {"state": ..., "weight": ...}."""
+async def change_server(balancer: Balancer, workers: Workers | None, request: Request) -> Response:
+    """POST /servers/{backend}/{server} with {"state": ..., "weight": ...}, applied in
+    every worker."""
     parts = request.path.decode("latin-1").strip("/").split("/")
     if request.method != "POST" or len(parts) != 3 or parts[0] != "servers":
         return json_response(404, {"error": "not found"})
@@ -131,8 +150,9 @@ async def change_server(balancer: Balancer, request: Request) -> Response:
     server = backend.server(parts[2]) if backend else None
     if backend is None or server is None:
         return json_response(404, {"error": f"no server {parts[2]!r} in backend {parts[1]!r}"})
+    body = await request.body.read()
     try:
-        change = json.loads(await request.body.read() or b"{}")
+        change = json.loads(body or b"{}")
     except json.JSONDecodeError:
         return json_response(400, {"error": "the body must be JSON"})
     if not isinstance(change, dict) or not set(change) <= {"state", "weight"}:
@@ -149,6 +169,8 @@ async def change_server(balancer: Balancer, request: Request) -> Response:
         server.weight = weight
         backend.weights_changed()
     backend.wake_one()
+    if workers is not None:
+        await workers.forward("POST", request.path.decode("latin-1"), body)
     return json_response(200, server.describe())
 
 
