@@ -21,7 +21,7 @@ import asyncio
 import collections
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -201,7 +201,7 @@ class UpstreamResponse:
             await self.aclose()
             raise
         if event is END:
-            await self._release()
+            self._release()
             return None
         assert isinstance(event, bytes)
         return event
@@ -213,7 +213,23 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self])
 
-    async def _release(self) -> None:
+    def take_complete_body(self) -> bytes | None:
+        """The whole body, when it has already arrived (a small response comes in the
+        same read as its head): the connection goes back to the pool at once, and the
+        body can go out with the head in one write. None while more is to come."""
+        connection = self._connection
+        if connection is None:
+            return None
+        try:
+            end = connection.events.index(END)
+        except ValueError:
+            return None
+        chunks = [connection.pop() for _ in range(end)]
+        connection.pop()  # END
+        self._release()
+        return b"".join(chunk for chunk in chunks if isinstance(chunk, bytes))
+
+    def _release(self) -> None:
         connection, self._connection = self._connection, None
         assert connection is not None
         reusable = self.head.keep_alive and not connection.events
@@ -231,7 +247,7 @@ class UpstreamResponse:
         connection = self._connection
         if connection is not None and connection.events and connection.events[0] is END:
             connection.pop()
-            await self._release()
+            self._release()
             return
         self._connection = None
         if self._sender is not None and not self._sender.done():
@@ -427,6 +443,66 @@ async def _response_head(connection: UpstreamConnection) -> ResponseHead:
         end = await connection.next_event()
         if end is not END:
             raise UpstreamProtocolError("interim response with a body")
+
+
+class ReleasingBody:
+    """An upstream response's body passed on as a stream that calls `release` when it
+    ends, fails or is abandoned (the balancer counts a request until its last byte)."""
+
+    def __init__(self, response: UpstreamResponse, release: Callable[[], None]) -> None:
+        self.response = response
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> ReleasingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self.response.next_chunk()
+        except BaseException:
+            self._done()
+            raise
+        if chunk is None:
+            self._done()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+        self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class NoBody:
+    """An empty stream, for a response whose declared length stands though no body is
+    sent (the answer to a HEAD, a 304)."""
+
+    def __aiter__(self) -> NoBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+def relay_body(
+    response: UpstreamResponse, release: Callable[[], None]
+) -> tuple[bytes | AsyncIterable[bytes], hdrs.Headers]:
+    """What a proxy passes on of an upstream response: the body, and the framing header
+    to add. A body that has all arrived goes as bytes (the head and it in one write, the
+    upstream connection back to the pool at once); a longer one streams."""
+    declared = response.head.content_length
+    complete = response.take_complete_body()
+    if complete is not None:
+        release()
+        if declared is None or len(complete) == declared:
+            return complete, []  # the server writes Content-Length from the bytes
+        return NoBody(), [(b"Content-Length", b"%d" % declared)]
+    framing = [] if declared is None else [(b"Content-Length", b"%d" % declared)]
+    return ReleasingBody(response, release), framing
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

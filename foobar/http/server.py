@@ -522,17 +522,18 @@ class Connection(FlowControlled):
             transport.write(b"".join(lines))
             await self._drain()
             return (0 if no_body else length or 0), keep_alive
-        transport.write(b"".join(lines))
         if isinstance(body, FileBody):
+            transport.write(b"".join(lines))
             try:
                 sent = 0 if no_body else await self._send_file(body)
             finally:
                 os.close(body.fd)
             return sent, keep_alive and (no_body or sent == body.count)
         if no_body:
+            transport.write(b"".join(lines))
             await _close_iterable(body)
             return 0, keep_alive
-        return await self._stream_body(body, length, chunked, keep_alive)
+        return await self._stream_body(b"".join(lines), body, length, chunked, keep_alive)
 
     async def _send_file(self, body: FileBody) -> int:
         """sendfile(2) straight from the page cache to the socket while the socket takes
@@ -581,8 +582,15 @@ class Connection(FlowControlled):
                 transport.set_write_buffer_limits(self.config.high_water, self.config.low_water)
 
     async def _stream_body(
-        self, body: AsyncIterable[bytes], length: int | None, chunked: bool, keep_alive: bool
+        self,
+        head: bytes,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        chunked: bool,
+        keep_alive: bool,
     ) -> tuple[int, bool]:
+        """The head goes out with the first piece of the body: one write, not two, for
+        the common small response."""
         transport = self.transport
         assert transport is not None
         sent = 0
@@ -594,9 +602,10 @@ class Connection(FlowControlled):
                 if length is not None and sent > length:
                     raise ProtocolError(f"response body longer than its Content-Length {length}")
                 if chunked:
-                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    transport.writelines((head, b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:
-                    transport.write(chunk)
+                    transport.writelines((head, chunk))
+                head = b""
                 if self.drain_waiter is not None:
                     await self._drain()
         except (HTTPError, OSError) as exc:
@@ -607,6 +616,8 @@ class Connection(FlowControlled):
             log.warning("event=response_aborted reason=%r sent=%d", str(exc), sent)
             return sent, False
         finally:
+            if head:
+                transport.write(head)  # the body ended (or broke) before its first byte
             await _close_iterable(body)
         if length is not None and sent != length:
             log.warning("event=response_short declared=%d sent=%d", length, sent)

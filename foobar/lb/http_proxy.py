@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from foobar.http import headers as hdrs
-from foobar.http.client import IDEMPOTENT, UpstreamResponse
+from foobar.http.client import IDEMPOTENT, UpstreamResponse, relay_body
 from foobar.http.errors import UpstreamConnectError, UpstreamError
 from foobar.http.server import Request, Response
 from foobar.lb.algorithms import RequestInfo
@@ -35,38 +34,6 @@ ERROR_TEXT = {
     503: b"503 Service Unavailable\nNo server is available to handle this request.\n",
     504: b"504 Gateway Time-out\nThe server didn't respond in time.\n",
 }
-
-
-class ReleasingBody:
-    """A server's response body that frees the server's slot when it ends, fails or is
-    abandoned; leastconn and maxconn count a request until its last byte."""
-
-    def __init__(self, response: UpstreamResponse, release: Callable[[], None]) -> None:
-        self.response = response
-        self._release: Callable[[], None] | None = release
-
-    def __aiter__(self) -> ReleasingBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self.response.next_chunk()
-        except BaseException:
-            self._done()
-            raise
-        if chunk is None:
-            self._done()
-            raise StopAsyncIteration
-        return chunk
-
-    async def aclose(self) -> None:
-        await self.response.aclose()
-        self._done()
-
-    def _done(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
 
 
 class HttpFrontend:
@@ -162,12 +129,11 @@ class HttpFrontend:
         self, backend: Backend, server: Server, sticky: Server | None, response: UpstreamResponse
     ) -> Response:
         headers = hdrs.end_to_end(response.headers)
-        if response.head.content_length is not None:
-            headers.append((b"Content-Length", b"%d" % response.head.content_length))
         cookie = backend.settings.cookie
         if cookie is not None and sticky is not server:
             headers.append((b"Set-Cookie", f"{cookie}={server.name}; Path=/; HttpOnly".encode()))
-        body = ReleasingBody(response, lambda: backend.release(server))
+        body, framing = relay_body(response, lambda: backend.release(server))
+        headers += framing
         return self.finish(Response(response.status, headers, body, response.head.reason))
 
     def sticky_server(self, backend: Backend, request: Request) -> Server | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from foobar.http import headers as hdrs
-from foobar.http.client import IDEMPOTENT, PoolConfig, UpstreamPool, UpstreamResponse
+from foobar.http.client import IDEMPOTENT, PoolConfig, UpstreamPool, UpstreamResponse, relay_body
 from foobar.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from foobar.http.server import Request, Response
 from foobar.settings import HostPort
@@ -156,10 +156,10 @@ class UpstreamGroup:
 
     def relay(self, response: UpstreamResponse) -> Response:
         headers = hdrs.end_to_end(response.headers)
-        if response.head.content_length is not None:
-            headers.append((b"Content-Length", b"%d" % response.head.content_length))
+        body, framing = relay_body(response, lambda: None)
+        headers += framing
         headers.append((b"X-Foobar-Web", self.name))
-        return Response(response.status, headers, response, response.head.reason)
+        return Response(response.status, headers, body, response.head.reason)
 
     def error(self, status: int, detail: str) -> Response:
         log.info("event=proxy_error status=%d reason=%r", status, detail)
