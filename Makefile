@@ -6,9 +6,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs needed from the system (see scripts/system-packages)
 SITE_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server openssl:openssl
-TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium
+TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium \
+	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl
 
-.PHONY: up test lint typecheck pytest clean
+.PHONY: up test lint typecheck pytest loadtest bench clean
+
+# locust against a running `make up` (USERS, DURATION, HOST to change); exits 1 on any failure
+USERS ?= 20
+DURATION ?= 60s
+HOST ?= https://localhost:8443
+loadtest: $(BIN)/.installed
+	@mkdir -p var/loadtest
+	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(HOST) -u $(USERS) -r $(USERS) \
+		-t $(DURATION) --csv var/loadtest/foobar --html var/loadtest/report.html --only-summary
+
+# foobar against HAProxy and nginx, side by side; writes docs/benchmarks.md
+BENCH_PACKAGES := haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl
+bench: $(BIN)/.installed
+	@scripts/system-packages $(SITE_PACKAGES) $(BENCH_PACKAGES)
+	$(BIN)/python -m loadtests.bench.run
 
 # the whole site on this machine: https://localhost:8443/ (Ctrl-C stops it)
 up: $(BIN)/.installed
@@ -27,8 +43,8 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check foobar tests
-	$(BIN)/ruff format --check foobar tests
+	$(BIN)/ruff check foobar tests loadtests
+	$(BIN)/ruff format --check foobar tests loadtests
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy --strict foobar

@@ -91,7 +91,9 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, float]:
     p99 = duration(re.search(r"\s99%\s+(\S+)", output)[1])  # type: ignore[index]
     total = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
     errors = 0
-    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
         errors += sum(int(n) for n in match.groups())
     if match := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
         errors += int(match[1])
@@ -106,9 +108,20 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, float]:
 def load(url: str, pid: int, seconds: float) -> tuple[Result, float]:
     before = cpu_seconds(pid)
     output = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s",
-         "--latency", url],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     used = cpu_seconds(pid) - before
     rps, p50, p99, errors, megabytes = parse_wrk(output)
@@ -118,8 +131,12 @@ def load(url: str, pid: int, seconds: float) -> tuple[Result, float]:
 
 @contextlib.contextmanager
 def process(command: list[str], port: int, core: str = SERVER_CORE) -> Iterator[int]:
-    proc = subprocess.Popen(["taskset", "-c", core, *command], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["taskset", "-c", core, *command],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port)
         yield proc.pid
@@ -156,7 +173,8 @@ class Bench:
             "events { worker_connections 4096; }\n"
             f"http {{ access_log off; sendfile on; etag on; keepalive_requests 100000;\n"
             f"client_body_temp_path {self.folder}; proxy_temp_path {self.folder};\n"
-            f"fastcgi_temp_path {self.folder}; uwsgi_temp_path {self.folder}; scgi_temp_path {self.folder};\n"
+            f"fastcgi_temp_path {self.folder}; uwsgi_temp_path {self.folder};\n"
+            f"scgi_temp_path {self.folder};\n"
             f"{body}\n}}\n"
         )
         return conf
@@ -169,16 +187,21 @@ class Bench:
             f"server {{ listen 127.0.0.1:{port}; location / {{ return 200 'ok\\n'; }} }}\n"
             for port in self.backend_ports
         )
-        with process(["nginx", "-c", str(self.nginx_conf(servers))], self.backend_ports[0], LOAD_CORE):
+        with process(
+            ["nginx", "-c", str(self.nginx_conf(servers))], self.backend_ports[0], LOAD_CORE
+        ):
             yield
 
     def haproxy(self, mode: str, port: int) -> list[str]:
         conf = self.folder / f"haproxy-{mode}.cfg"
-        servers = "".join(f"  server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(self.backend_ports))
+        servers = "".join(
+            f"  server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(self.backend_ports)
+        )
         http = "  option http-keep-alive\n" if mode == "http" else ""
         conf.write_text(
             "global\n  nbthread 1\n  maxconn 4096\n"
-            f"defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 50s\n  timeout server 50s\n{http}"
+            f"defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 50s\n"
+            f"  timeout server 50s\n{http}"
             f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
             f"backend b\n  balance roundrobin\n{servers}"
         )
@@ -186,11 +209,19 @@ class Bench:
 
     def foobar_lb(self, mode: str, port: int) -> list[str]:
         backends = [arg for p in self.backend_ports for arg in ("--backend", f"127.0.0.1:{p}")]
-        return python("foobar.lb", "--mode", mode, "--bind", f"127.0.0.1:{port}", "--algorithm",
-                      "roundrobin", *backends)
+        return python(
+            "foobar.lb",
+            "--mode",
+            mode,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--algorithm",
+            "roundrobin",
+            *backends,
+        )
 
     def run_pair(self, pair: Pair, commands: dict[str, tuple[list[str], int]], path: str) -> None:
-        for label, (command, port) in commands.items():
+        for label, (command, _) in commands.items():
             self.commands[f"{pair.name}: {label}"] = " ".join(command)
         for _ in range(self.rounds):
             for label, (command, port) in commands.items():  # alternating, round by round
@@ -200,27 +231,43 @@ class Bench:
                 if pair.metric == "MB/s":
                     result.rps = megabytes
                 pair.results.setdefault(label, []).append(result)
-                print(f"  {pair.name:<28} {label:<10} {result.rps:>10.1f} {pair.metric:<5} "
-                      f"p99 {result.p99_ms:.2f} ms  errors {result.errors}", flush=True)
+                print(
+                    f"  {pair.name:<28} {label:<10} {result.rps:>10.1f} {pair.metric:<5} "
+                    f"p99 {result.p99_ms:.2f} ms  errors {result.errors}",
+                    flush=True,
+                )
         self.pairs.append(pair)
 
     def balancers(self) -> None:
         with self.backends():
             for mode in ("http", "tcp"):
                 port = free_port()
-                self.run_pair(Pair(f"lb {mode} mode", "rps"), {
-                    "foobar": (self.foobar_lb(mode, port), port),
-                    "haproxy": (self.haproxy(mode, port), port),
-                }, "/")
+                self.run_pair(
+                    Pair(f"lb {mode} mode", "rps"),
+                    {
+                        "foobar": (self.foobar_lb(mode, port), port),
+                        "haproxy": (self.haproxy(mode, port), port),
+                    },
+                    "/",
+                )
 
     def web(self) -> None:
         for name, path in (("web 1 KiB file", "/1k.bin"), ("web 1 MiB file", "/1m.bin")):
             port = free_port()
             nginx = self.nginx_conf(f"server {{ listen 127.0.0.1:{port}; root {self.site}; }}")
-            self.run_pair(Pair(name, "MB/s" if "MiB" in name else "rps"), {
-                "foobar": (python("foobar.web", "--bind", f"127.0.0.1:{port}", "--root", str(self.site)), port),
-                "nginx": (["nginx", "-c", str(nginx)], port),
-            }, path)
+            self.run_pair(
+                Pair(name, "MB/s" if "MiB" in name else "rps"),
+                {
+                    "foobar": (
+                        python(
+                            "foobar.web", "--bind", f"127.0.0.1:{port}", "--root", str(self.site)
+                        ),
+                        port,
+                    ),
+                    "nginx": (["nginx", "-c", str(nginx)], port),
+                },
+                path,
+            )
         with self.backends():
             port = free_port()
             upstream = self.backend_ports[0]
@@ -229,11 +276,25 @@ class Bench:
                 f"server {{ listen 127.0.0.1:{port}; location /api/ {{ proxy_pass http://app; "
                 "proxy_http_version 1.1; proxy_set_header Connection ''; } }"
             )
-            self.run_pair(Pair("web proxying /api/", "rps"), {
-                "foobar": (python("foobar.web", "--bind", f"127.0.0.1:{port}", "--root", str(self.site),
-                                  "--upstream", f"127.0.0.1:{upstream}"), port),
-                "nginx": (["nginx", "-c", str(nginx)], port),
-            }, "/api/ping")
+            self.run_pair(
+                Pair("web proxying /api/", "rps"),
+                {
+                    "foobar": (
+                        python(
+                            "foobar.web",
+                            "--bind",
+                            f"127.0.0.1:{port}",
+                            "--root",
+                            str(self.site),
+                            "--upstream",
+                            f"127.0.0.1:{upstream}",
+                        ),
+                        port,
+                    ),
+                    "nginx": (["nginx", "-c", str(nginx)], port),
+                },
+                "/api/ping",
+            )
 
     def full_path(self) -> Pair | None:
         """client → lb → web → app → replica, on the site `python -m foobar up` runs."""
@@ -241,25 +302,59 @@ class Bench:
         while not all(free(base + offset) for offset in (0, 1, 11, 21, 22, 100, 101, 111, 121)):
             base = free_port()
         state = self.folder / "up"
-        up = subprocess.Popen(python("foobar", "up", "--no-tls", "--web", "1", "--app", "1",
-                                     "--base-port", str(base), "--state-dir", str(state)),
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        up = subprocess.Popen(
+            python(
+                "foobar",
+                "up",
+                "--no-tls",
+                "--web",
+                "1",
+                "--app",
+                "1",
+                "--base-port",
+                str(base),
+                "--state-dir",
+                str(state),
+            ),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         pair = Pair("full path GET /api/posts/{id}", "rps")
         try:
             wait_port(base, 120)
             wait_port(base + 100, 60)
             created = subprocess.run(
-                ["curl", "-s", "-X", "POST", "-H", "Content-Type: application/json", "-d",
-                 '{"author":"bench","title":"bench","body":"bench"}', f"http://127.0.0.1:{base}/api/posts"],
-                capture_output=True, text=True, check=True).stdout
+                [
+                    "curl",
+                    "-s",
+                    "-X",
+                    "POST",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    '{"author":"bench","title":"bench","body":"bench"}',
+                    f"http://127.0.0.1:{base}/api/posts",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             post_id = re.search(r'"id":(\d+)', created)[1]  # type: ignore[index]
             time.sleep(1.0)  # let the replica apply it
-            lb_pid = int(subprocess.run(["pgrep", "-f", f"foobar.lb --config {state}"],
-                                        capture_output=True, text=True).stdout.split()[0])
+            lb_pid = int(
+                subprocess.run(
+                    ["pgrep", "-f", f"foobar.lb --config {state}"], capture_output=True, text=True
+                ).stdout.split()[0]
+            )
             for _ in range(self.rounds):
-                result, _ = load(f"http://127.0.0.1:{base}/api/posts/{post_id}", lb_pid, self.seconds)
+                result, _ = load(
+                    f"http://127.0.0.1:{base}/api/posts/{post_id}", lb_pid, self.seconds
+                )
                 pair.results.setdefault("foobar", []).append(result)
-                print(f"  {pair.name:<28} foobar     {result.rps:>10.1f} rps   errors {result.errors}")
+                print(
+                    f"  {pair.name:<28} foobar     {result.rps:>10.1f} rps   errors {result.errors}"
+                )
         finally:
             up.terminate()
             up.wait(120)
@@ -287,33 +382,49 @@ def ratio(ours: list[Result], peer: list[Result], attribute: str) -> str:
 
 
 def report(bench: Bench, seconds: float, rounds: int) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     versions = {
-        "HAProxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+        "HAProxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split(
+            "\n"
+        )[0],
         "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
-        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split(
+            "\n"
+        )[0],
         "Python": sys.version.split()[0],
     }
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"Measured {time.strftime('%Y-%m-%d')} by `make bench` (`python -m loadtests.bench.run`), "
         f"{rounds} alternating rounds of {seconds:.0f} s per server, medians shown. Machine: "
         f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}; "
-        + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
+        "",
         f"wrk runs on core {LOAD_CORE} with {CONNECTIONS} keep-alive connections, the server under "
         f"test alone on core {SERVER_CORE} (one process, one thread: HAProxy `nbthread 1`, nginx "
         "`worker_processes 1`, foobar without `--workers`). The balancers' backends are two "
         "nginx `return 200` servers on the load generator's core. CPU is the server's "
-        "utime+stime per request. This machine is shared: take ratios, not absolutes.", "",
-        "| test | server | req/s (or MB/s) | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |",
+        "utime+stime per request. This machine is shared: take ratios, not absolutes.",
+        "",
+        "| test | server | req/s (or MB/s) | p50 ms | p99 ms | CPU µs/req | peak RSS MiB "
+        "| errors |",
         "|---|---|---|---|---|---|---|---|",
     ]
     ratios = []
     for pair in bench.pairs:
         for label, results in pair.results.items():
             lines.append(
-                f"| {pair.name} | {label} | {median(results, 'rps'):,.0f} {'' if pair.metric == 'rps' else 'MB/s'}"
+                f"| {pair.name} | {label} | {median(results, 'rps'):,.0f}"
+                f"{'' if pair.metric == 'rps' else ' MB/s'}"
                 f" | {median(results, 'p50_ms'):.2f} | {median(results, 'p99_ms'):.2f} | "
                 f"{median(results, 'cpu_us'):.1f} | {median(results, 'rss_mib'):.0f} | "
                 f"{sum(r.errors for r in results)} |"
@@ -325,15 +436,25 @@ def report(bench: Bench, seconds: float, rounds: int) -> str:
                 f"| {pair.name} | {ratio(ours, peer, 'rps')} | {ratio(ours, peer, 'cpu_us')} | "
                 f"{ratio(ours, peer, 'p99_ms')} |"
             )
-    lines += ["", "Ratios foobar / peer (throughput: higher is better; CPU and p99: lower is better):", "",
-              "| test | throughput | CPU per request | p99 |", "|---|---|---|---|", *ratios, "",
-              "Commands:", ""]
+    lines += [
+        "",
+        "Ratios foobar / peer (throughput: higher is better; CPU and p99: lower is better):",
+        "",
+        "| test | throughput | CPU per request | p99 |",
+        "|---|---|---|---|",
+        *ratios,
+        "",
+        "Commands:",
+        "",
+    ]
     lines += [f"- {name}: `{command}`" for name, command in bench.commands.items()]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
@@ -341,11 +462,16 @@ def main() -> int:
     args = parser.parse_args()
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        print(f"error: missing {', '.join(missing)}: apt-get install haproxy nginx wrk util-linux",
-              file=sys.stderr)
+        print(
+            f"error: missing {', '.join(missing)}: apt-get install haproxy nginx wrk util-linux",
+            file=sys.stderr,
+        )
         return 2
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
-        print("error: the benchmark pins the load and the server to two different cores", file=sys.stderr)
+        print(
+            "error: the benchmark pins the load and the server to two different cores",
+            file=sys.stderr,
+        )
         return 2
     seconds, rounds = (1.0, 1) if args.smoke else (args.seconds, args.rounds)
     with tempfile.TemporaryDirectory(prefix="foobar-bench-") as folder:
@@ -362,7 +488,9 @@ def main() -> int:
         args.out.write_text(text)
         print(f"wrote {args.out}")
     print(text)
-    errors = sum(r.errors for pair in bench.pairs for results in pair.results.values() for r in results)
+    errors = sum(
+        r.errors for pair in bench.pairs for results in pair.results.values() for r in results
+    )
     if errors:
         print(f"error: {errors} failed requests during the runs", file=sys.stderr)
         return 1
