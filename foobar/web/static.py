@@ -9,6 +9,7 @@ regular files are served; a directory serves its index.html; there are no listin
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import mimetypes
 import os
@@ -22,6 +23,10 @@ from foobar.http import headers as hdrs
 from foobar.http.server import FileBody, Request, Response
 
 INDEX = "index.html"
+# Files up to this size are kept in memory with their metadata (for open_file_cache_valid):
+# one write answers them, where open + sendfile + close cost three system calls more.
+SMALL_FILE = 64 * 1024
+SMALL_FILES_BUDGET = 32 * 1024 * 1024  # all cached contents together
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 
 
@@ -36,6 +41,8 @@ class FileInfo:
     mtime: int
     etag: bytes  # nginx's form: "<mtime hex>-<size hex>"
     last_modified: bytes
+    content_type: bytes
+    content: bytes | None = None  # a small file's bytes, read with its metadata
     gzip: FileInfo | None = None  # the pre-compressed variant beside it
 
 
@@ -112,6 +119,10 @@ class StaticFiles:
         self.cache_valid = cache_valid
         # open_file_cache: path -> (expires, FileInfo | None, is_directory)
         self._cache: dict[str, tuple[float, FileInfo | None, bool]] = {}
+        # request path -> (expires, the file system path or None): resolve() walks the
+        # path with a system call per component, too dear to do per request
+        self._resolved: dict[bytes, tuple[float, str | None]] = {}
+        self._cached_bytes = 0
 
     def resolve(self, target_path: bytes) -> str | None:
         """The file system path for a request path, or None (404). BadTarget for 400."""
@@ -143,9 +154,13 @@ class StaticFiles:
             return cached[1], cached[2]
         info, is_directory = self._stat(path)
         if info is not None and (gzip := self._stat(path + ".gz")[0]) is not None:
-            info = FileInfo(info.path, info.size, info.mtime, info.etag, info.last_modified, gzip)
+            info = dataclasses.replace(info, gzip=gzip)
         if len(self._cache) > 10_000:
             self._cache.clear()
+            self._cached_bytes = 0
+        previous = self._cache.get(path)
+        if previous is not None and previous[1] is not None:
+            self._cached_bytes -= len(previous[1].content or b"")
         self._cache[path] = (now + self.cache_valid, info, is_directory)
         return info, is_directory
 
@@ -160,11 +175,40 @@ class StaticFiles:
             return None, False
         mtime = int(result.st_mtime)
         etag = b'"%x-%x"' % (mtime, result.st_size)
-        return FileInfo(path, result.st_size, mtime, etag, http_date(mtime)), False
+        content = None
+        if (
+            self.cache_valid > 0
+            and result.st_size <= SMALL_FILE
+            and self._cached_bytes + result.st_size <= SMALL_FILES_BUDGET
+        ):
+            try:
+                with open(path, "rb") as file:
+                    content = file.read(SMALL_FILE + 1)
+            except OSError:
+                return None, False
+            if len(content) != result.st_size:
+                content = None  # changing under us: served from disk this time
+            else:
+                self._cached_bytes += len(content)
+        info = FileInfo(
+            path, result.st_size, mtime, etag, http_date(mtime), content_type(path), content
+        )
+        return info, False
+
+    def resolve_cached(self, target_path: bytes) -> str | None:
+        now = time.monotonic()
+        cached = self._resolved.get(target_path)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        path = self.resolve(target_path)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[target_path] = (now + self.cache_valid, path)
+        return path
 
     async def serve(self, request: Request) -> Response | None:
         """The response for a file, or None when there is no such file (404)."""
-        path = self.resolve(request.path)
+        path = self.resolve_cached(request.path)
         if path is None:
             return None
         info, is_directory = self.lookup(path)
@@ -178,7 +222,7 @@ class StaticFiles:
         return self.respond(request, info)
 
     def respond(self, request: Request, info: FileInfo) -> Response:
-        headers: hdrs.Headers = [(b"Content-Type", content_type(info.path))]
+        headers: hdrs.Headers = [(b"Content-Type", info.content_type)]
         chosen = info
         if info.gzip is not None:
             headers.append((b"Vary", b"Accept-Encoding"))
@@ -212,6 +256,9 @@ class StaticFiles:
                 start, end = wanted
                 status = 206
                 headers.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end, chosen.size)))
+        if chosen.content is not None:
+            content = chosen.content
+            return Response(status, headers, content if status == 200 else content[start : end + 1])
         try:
             fd = os.open(chosen.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:

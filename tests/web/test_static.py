@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import httpx
+import pytest
 
 from foobar.web.serve import WebServer
 from tests.conftest import RawClient
@@ -88,8 +89,9 @@ async def test_conditional_requests(start_web: StartWeb, site: Path) -> None:
         ).status_code == 412
 
 
-async def test_ranges(start_web: StartWeb, site: Path) -> None:
-    server = await start_web(root=site)
+@pytest.mark.parametrize("cached", [True, False], ids=["from memory", "by sendfile"])
+async def test_ranges(start_web: StartWeb, site: Path, cached: bool) -> None:
+    server = await start_web(root=site, open_file_cache_valid=1.0 if cached else 0)
     content = (site / "data.txt").read_bytes()
     async with httpx.AsyncClient(base_url=url(server)) as client:
         for spec, start, end in (
