@@ -372,16 +372,17 @@ class Connection(FlowControlled):
     async def _answer(self, head: RequestHead) -> bool:
         """Run the handler for one request and write its response; True to keep going."""
         request = Request(head, self)
-        started, clock = time.time(), self.loop.time()
         self._in_request = True
         try:
-            return await self._answer_request(request, started, clock)
+            return await self._answer_request(request)
         finally:
             self._in_request = False
 
-    async def _answer_request(self, request: Request, started: float, clock: float) -> bool:
+    async def _answer_request(self, request: Request) -> bool:
         head = request.head
         keep_alive = head.keep_alive
+        if self.on_response is not None:
+            started, clock = time.time(), self.loop.time()
         if head.content_length is not None and head.content_length > self.config.max_body_bytes:
             response = self.error_page(413, "request body too large")
             keep_alive = False
@@ -405,6 +406,9 @@ class Connection(FlowControlled):
             self.on_response(
                 Exchange(request, response.status, sent, started, self.loop.time() - clock)
             )
+        if self.events and self.events[0] is END and not request.body.complete:
+            self.pop()  # the end of a bodiless request, already here: no need to wait for it
+            request.body.complete = True
         if not (keep_alive and complete):
             return False
         return await self._discard_body(request)
@@ -520,7 +524,8 @@ class Connection(FlowControlled):
             if not no_body and body:
                 lines.append(body)
             transport.write(b"".join(lines))
-            await self._drain()
+            if self.drain_waiter is not None:
+                await self._drain()
             return (0 if no_body else length or 0), keep_alive
         if isinstance(body, FileBody):
             transport.write(b"".join(lines))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import resource
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -74,7 +75,16 @@ class LoadBalancer:
         await self.admin.shutdown()
 
 
+def raise_open_files_limit() -> None:
+    """Every connection is a descriptor; HAProxy raises its limit itself, so do we (to the
+    hard limit the system allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def run(settings: LbSettings, load: Callable[[], LbSettings], argv: Sequence[str]) -> int:
+    raise_open_files_limit()
     index = worker_index()
     if index:  # a worker: its admin listener is the master's business, on loopback
         settings = settings.model_copy(update={"admin": HostPort("127.0.0.1", 0)})

@@ -30,6 +30,7 @@ class WebServer:
             "foobar_web_requests", "responses by status", ["status"], registry=self.registry
         )
         self.sent = Counter("foobar_web_sent_bytes", "body bytes sent", registry=self.registry)
+        self._by_status: dict[int, Counter] = {}  # labels() costs a lookup and a lock
         self.static = StaticFiles(
             settings.root, settings.cache_control, settings.open_file_cache_valid
         )
@@ -54,7 +55,10 @@ class WebServer:
         self.admin = Admin(self.health, self.status, self.registry)
 
     def observe(self, exchange: Exchange) -> None:
-        self.requests.labels(str(exchange.status)).inc()
+        counter = self._by_status.get(exchange.status)
+        if counter is None:
+            counter = self._by_status[exchange.status] = self.requests.labels(str(exchange.status))
+        counter.inc()
         self.sent.inc(exchange.bytes_sent)
         if self.settings.access_log:
             logs.log_access(exchange)

@@ -131,9 +131,12 @@ def load(url: str, pid: int, seconds: float) -> tuple[Result, float]:
 
 @contextlib.contextmanager
 def process(command: list[str], port: int, core: str = SERVER_CORE) -> Iterator[int]:
+    # the peers log nothing (HAProxy without a log target, nginx access_log off): nor do we
+    quiet = {**os.environ, "FOOBAR_LB_ACCESS_LOG": "false", "FOOBAR_WEB_ACCESS_LOG": "false"}
     proc = subprocess.Popen(
         ["taskset", "-c", core, *command],
         cwd=ROOT,
+        env=quiet,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -296,6 +299,57 @@ class Bench:
                 "/api/ping",
             )
 
+    def idle_connections(self, count: int) -> dict[str, float]:
+        """foobar.lb holding `count` idle keep-alive connections: its RSS, and the rate
+        other clients still get next to them."""
+        port = free_port()
+        backends = "".join(
+            f'[[lb.backends.servers]]\nname = "s{i}"\naddress = "127.0.0.1:{p}"\n'
+            for i, p in enumerate(self.backend_ports)
+        )
+        config = self.folder / "idle-lb.toml"
+        config.write_text(
+            '[lb]\naccess_log = false\n[[lb.frontends]]\nname = "f"\n'
+            f'bind = "127.0.0.1:{port}"\nbackend = "b"\ntimeout_http_keep_alive = 600.0\n'
+            f'timeout_client = 600.0\n[[lb.backends]]\nname = "b"\n{backends}'
+        )
+        with self.backends(), process(python("foobar.lb", "--config", str(config)), port) as pid:
+            before, _ = load(f"http://127.0.0.1:{port}/", pid, self.seconds)
+            idle = subprocess.Popen(
+                [sys.executable, "-m", "loadtests.bench.idle", "127.0.0.1", str(port), str(count)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert idle.stdout is not None
+                line = idle.stdout.readline()
+                if not line.startswith("held"):
+                    raise RuntimeError(f"could not hold {count} connections: {line!r}")
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                rss = (
+                    next(float(row.split()[1]) for row in status if row.startswith("VmRSS:")) / 1024
+                )
+                during, _ = load(f"http://127.0.0.1:{port}/", pid, self.seconds)
+            finally:
+                if idle.stdin is not None:
+                    idle.stdin.close()
+                idle.wait(30)
+        result = {
+            "held": count,
+            "rss_mib": rss,
+            "rps_before": before.rps,
+            "rps_during": during.rps,
+            "errors": before.errors + during.errors,
+        }
+        print(
+            f"  idle keep-alive             {count} held, RSS {rss:.0f} MiB, "
+            f"{before.rps:.0f} -> {during.rps:.0f} rps",
+            flush=True,
+        )
+        return result
+
     def full_path(self) -> Pair | None:
         """client → lb → web → app → replica, on the site `python -m foobar up` runs."""
         base = free_port()
@@ -381,7 +435,7 @@ def ratio(ours: list[Result], peer: list[Result], attribute: str) -> str:
     return f"{median(ours, attribute) / below:.2f}" if below else "n/a"
 
 
-def report(bench: Bench, seconds: float, rounds: int) -> str:
+def report(bench: Bench, seconds: float, rounds: int, idle: dict[str, float]) -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -438,6 +492,13 @@ def report(bench: Bench, seconds: float, rounds: int) -> str:
             )
     lines += [
         "",
+        f"foobar.lb holding {idle['held']:.0f} idle keep-alive connections: RSS "
+        f"{idle['rss_mib']:.0f} MiB; other clients got {idle['rps_during']:,.0f} req/s next to "
+        f"them, against {idle['rps_before']:,.0f} without "
+        f"({idle['rps_during'] / idle['rps_before']:.2f}x).",
+    ]
+    lines += [
+        "",
         "Ratios foobar / peer (throughput: higher is better; CPU and p99: lower is better):",
         "",
         "| test | throughput | CPU per request | p99 |",
@@ -480,15 +541,17 @@ def main() -> int:
         bench.balancers()
         print("web ...", flush=True)
         bench.web()
+        print("idle connections ...", flush=True)
+        idle = bench.idle_connections(200 if args.smoke else 10_000)
         print("full path ...", flush=True)
         bench.full_path()
-        text = report(bench, seconds, rounds)
+        text = report(bench, seconds, rounds, idle)
     if not args.smoke:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(f"wrote {args.out}")
     print(text)
-    errors = sum(
+    errors = int(idle["errors"]) + sum(
         r.errors for pair in bench.pairs for results in pair.results.values() for r in results
     )
     if errors:
