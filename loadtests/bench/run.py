@@ -172,7 +172,9 @@ class Bench:
     def nginx_conf(self, body: str) -> Path:
         conf = self.folder / f"nginx-{free_port()}.conf"
         conf.write_text(
-            f"worker_processes 1;\ndaemon off;\npid {conf}.pid;\nerror_log /dev/null;\n"
+            # master_process off: the one process serves, so its CPU and RSS are what we read
+            f"worker_processes 1;\nmaster_process off;\ndaemon off;\npid {conf}.pid;\n"
+            "error_log /dev/null;\n"
             "events { worker_connections 4096; }\n"
             f"http {{ access_log off; sendfile on; etag on; keepalive_requests 100000;\n"
             f"client_body_temp_path {self.folder}; proxy_temp_path {self.folder};\n"
@@ -444,14 +446,16 @@ def report(bench: Bench, seconds: float, rounds: int, idle: dict[str, float]) ->
         ),
         platform.processor(),
     )
+
+    def version(command: list[str], pattern: str) -> str:
+        result = subprocess.run(command, capture_output=True, text=True)
+        found = re.search(pattern, result.stdout + result.stderr)
+        return found[1] if found else "?"
+
     versions = {
-        "HAProxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split(
-            "\n"
-        )[0],
-        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
-        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split(
-            "\n"
-        )[0],
+        "HAProxy": version(["haproxy", "-v"], r"version (\S+)"),
+        "nginx": version(["nginx", "-v"], r"nginx/(\S+)"),
+        "wrk": version(["wrk", "--version"], r"wrk (\S+)"),
         "Python": sys.version.split()[0],
     }
     lines = [
@@ -509,6 +513,13 @@ def report(bench: Bench, seconds: float, rounds: int, idle: dict[str, float]) ->
         "",
     ]
     lines += [f"- {name}: `{command}`" for name, command in bench.commands.items()]
+    lines += ["", "The peers' configurations, as generated:", ""]
+    peers = sorted(bench.folder.glob("haproxy-*.cfg")) + sorted(bench.folder.glob("nginx-*.conf"))
+    for config in peers:
+        lines += [f"`{config.name}`:", "", "```", config.read_text().strip(), "```", ""]
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():
+        lines += ["", notes.read_text()]
     return "\n".join(lines) + "\n"
 
 
