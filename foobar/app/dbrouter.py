@@ -328,8 +328,12 @@ class Router:
             gtid = (await cursor.fetchone())["gtid"]
             return result, gtid or None
 
+        return await self._on_primary(with_gtid)
+
+    async def _on_primary(self, work: Work[T]) -> T:
+        """Run `work` on the primary; a primary that cannot take it is a 503 for the client."""
         try:
-            return await self._run(primary, with_gtid)
+            return await self._run(self.primary, work)
         except Exception as exc:
             if unavailable(exc):
                 raise DatabaseUnavailable(
@@ -365,14 +369,7 @@ class Router:
         self.metrics.fallbacks.labels(reason).inc()
         if not self.primary.usable:
             raise DatabaseUnavailable("no database node can serve this read", self.retry_after)
-        try:
-            return await self._run(self.primary, work), self.primary
-        except Exception as exc:
-            if unavailable(exc):
-                raise DatabaseUnavailable(
-                    f"primary unavailable: {error_text(exc)}", self.retry_after
-                ) from exc
-            raise
+        return await self._on_primary(work), self.primary
 
     async def _wait_for(self, replica: DbNode, gtid: str) -> bool:
         timeout = self.settings.gtid_wait_timeout

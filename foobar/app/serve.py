@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from foobar.app.errors import SchemaError
 from foobar.app.routes import App
 from foobar.app.settings import AppSettings
 from foobar.http.server import Server, ServerConfig
+from foobar.process import until_stopped
 
 log = logging.getLogger("foobar.app")
 
@@ -95,11 +95,7 @@ class AppServer:
 async def run(settings: AppSettings) -> int:
     server = AppServer(settings)
     await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
+    await until_stopped()
     log.info("event=stopping name=%s", settings.name)
     await server.stop()
     return 0

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from foobar.db.errors import DbError
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import Supervisor
 from foobar.http.server import Request, Response
+from foobar.process import until_stopped
 
 log = logging.getLogger("foobar.db")
 
@@ -50,12 +50,8 @@ async def run(settings: DbSettings) -> int:
         await admin.start(settings.admin)
     healthy, reason = supervisor.health()
     log.info("event=serving primary=%s healthy=%s reason=%r", supervisor.primary, healthy, reason)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     watcher = asyncio.create_task(supervisor.watch())
-    await stopping.wait()
+    await until_stopped()
     log.info("event=stopping")
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,7 @@ connection's own bytes, carrying the original client's address.
 
     build(1 or 2, source, destination) -> bytes     what `send-proxy` writes
     parse(buffer) -> (consumed, source) or None     what `accept-proxy` reads; None: more bytes
+    Preamble().feed(data)                           the same across reads
 """
 
 from __future__ import annotations
@@ -83,3 +84,22 @@ def parse(buffer: bytes) -> tuple[int, Address | None] | None:
             struct.unpack("!H", body[32:34])[0],
         )
     return consumed, None
+
+
+class Preamble:
+    """The preamble of one connection as its bytes arrive: `feed()` returns None until it
+    is complete, then the bytes that followed it; `source` is then the client's address
+    (None for LOCAL/UNKNOWN). ProtocolError when it is malformed."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.source: Address | None = None
+
+    def feed(self, data: bytes) -> bytes | None:
+        self._buffer += data
+        parsed = parse(self._buffer)
+        if parsed is None:
+            return None
+        consumed, self.source = parsed
+        rest, self._buffer = self._buffer[consumed:], b""
+        return rest

@@ -247,7 +247,7 @@ class Connection(FlowControlled):
         self._peer_eof = False
         self._lingering = False
         # bytes of a PROXY preamble still being read; None once read (or not expected)
-        self._proxy_preamble: bytes | None = b"" if config.accept_proxy else None
+        self._proxy_preamble = proxy_protocol.Preamble() if config.accept_proxy else None
         self._task: asyncio.Task[None] | None = None
         self._in_request = False  # the handler or response writer is running
         self._requests = 0
@@ -291,22 +291,21 @@ class Connection(FlowControlled):
     def _take_preamble(self, data: bytes) -> bytes:
         """Read the PROXY preamble; the client's real address replaces the peer's.
         Returns what follows it."""
-        buffered = (self._proxy_preamble or b"") + data
+        preamble = self._proxy_preamble
+        assert preamble is not None
         try:
-            parsed = proxy_protocol.parse(buffered)
+            rest = preamble.feed(data)
         except ProtocolError as exc:
             log.info("event=bad_proxy_preamble peer=%s reason=%r", self.peer[0], str(exc))
             self._proxy_preamble = None
             self.abort()  # HAProxy closes without a word: no HTTP was spoken yet
             return b""
-        if parsed is None:
-            self._proxy_preamble = buffered
+        if rest is None:
             return b""
-        consumed, source = parsed
         self._proxy_preamble = None
-        if source is not None:
-            self.peer = source
-        return buffered[consumed:]
+        if preamble.source is not None:
+            self.peer = preamble.source
+        return rest
 
     def eof_received(self) -> bool | None:
         self._peer_eof = True

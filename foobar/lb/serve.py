@@ -20,6 +20,7 @@ from foobar.lb import stats
 from foobar.lb.balancer import Balancer
 from foobar.lb.settings import LbSettings
 from foobar.lb.workers import Workers, report_admin_port, worker_index
+from foobar.process import until_stopped
 from foobar.settings import HostPort
 
 log = logging.getLogger("foobar.lb")
@@ -95,21 +96,16 @@ async def run(settings: LbSettings, load: Callable[[], LbSettings], argv: Sequen
         report_admin_port(lb.admin.server.address[1])
     elif workers is not None:
         await workers.start(settings.workers)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
         if workers is not None:
             workers.signal(signal.SIGHUP)
-        task = loop.create_task(lb.reload(load))
+        task = asyncio.get_running_loop().create_task(lb.reload(load))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await stopping.wait()
+    await until_stopped({signal.SIGHUP: on_hup})
     log.info("event=stopping")
     await lb.stop()
     return 0

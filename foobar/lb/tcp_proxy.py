@@ -80,7 +80,7 @@ class Session:
         self.backend: Backend | None = None
         self.server: Server | None = None
         self.pending: list[bytes] = []  # client bytes that arrived before the server
-        self.preamble: bytes | None = b"" if frontend.settings.accept_proxy else None
+        self.preamble = proxy_protocol.Preamble() if frontend.settings.accept_proxy else None
         self.client_address: tuple[str, int] = ("", 0)
         self.last_activity = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
@@ -115,21 +115,20 @@ class Session:
         other.transport.write(data)
 
     def read_preamble(self, data: bytes) -> bytes:
-        buffered = (self.preamble or b"") + data
+        """The PROXY preamble first; then the server is picked for the real client."""
+        preamble = self.preamble
+        assert preamble is not None
         try:
-            parsed = proxy_protocol.parse(buffered)
+            rest = preamble.feed(data)
         except ProtocolError as exc:
             log.info("event=bad_proxy_preamble peer=%s reason=%r", self.client_address[0], str(exc))
             self.close()
             return b""
-        if parsed is None:
-            self.preamble = buffered
+        if rest is None:
             return b""
-        consumed, source = parsed
         self.preamble = None
-        if source is not None:
-            self.client_address = source
-        rest = buffered[consumed:]
+        if preamble.source is not None:
+            self.client_address = preamble.source
         if rest:
             self.pending.append(rest)
         self.start()

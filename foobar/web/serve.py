@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +12,7 @@ from foobar import logs
 from foobar.admin import Admin
 from foobar.http.client import PoolConfig
 from foobar.http.server import Exchange, Request, Response, Server, ServerConfig, error_response
+from foobar.process import until_stopped
 from foobar.web.proxy import UpstreamGroup
 from foobar.web.settings import WebSettings
 from foobar.web.static import BadTarget, StaticFiles
@@ -129,11 +128,7 @@ class WebServer:
 async def run(settings: WebSettings) -> int:
     server = WebServer(settings)
     await server.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
+    await until_stopped()
     log.info("event=stopping name=%s", settings.name)
     await server.stop()
     return 0
