@@ -95,6 +95,19 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
+async def wait_listening(port: int) -> None:
+    """Until something accepts connections on 127.0.0.1:`port` (a server in another process)."""
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on {port}")
+
+
 async def start_server(handler: Handler, config: ServerConfig | None = None) -> Server:
     server = Server(handler, config)
     await server.start("127.0.0.1", 0)

@@ -11,25 +11,13 @@ import pytest
 
 from foobar.http import proxy_protocol
 from foobar.http.server import Request, Response, Server
-from tests.conftest import peak_rss_mib, start_server
+from tests.conftest import peak_rss_mib, start_server, wait_listening
 from tests.dbcluster import free_port
 from tests.lb.conftest import ROOT, StartLb, url_of
 
 pytestmark = pytest.mark.timeout(90)
 SIZE = 100 * 1024 * 1024
 PIECE = b"t" * 262144
-
-
-async def wait_listening(port: int) -> None:
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {port}")
 
 
 async def test_100_mb_both_ways_half_closed_with_flat_memory() -> None:

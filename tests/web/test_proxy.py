@@ -13,7 +13,7 @@ import pytest
 
 from foobar.http.server import Request, Response, Server
 from foobar.web.serve import WebServer
-from tests.conftest import RawClient, peak_rss_mib, start_server
+from tests.conftest import RawClient, peak_rss_mib, start_server, wait_listening
 from tests.dbcluster import free_port
 from tests.web.conftest import StartWeb
 
@@ -151,18 +151,6 @@ async def test_hop_by_hop_response_headers_dropped_and_framing_rebuilt(
     assert b"X-Kept: yes" in head
     for dropped in (b"X-Hop", b"Keep-Alive", b"Transfer-Encoding"):
         assert dropped not in head
-
-
-async def wait_listening(port: int) -> None:
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.mark.timeout(90)
