@@ -318,7 +318,18 @@ class Bench:
         with self.backends(), process(python("foobar.lb", "--config", str(config)), port) as pid:
             before, _ = load(f"http://127.0.0.1:{port}/", pid, self.seconds)
             idle = subprocess.Popen(
-                [sys.executable, "-m", "loadtests.bench.idle", "127.0.0.1", str(port), str(count)],
+                # on the load generator's core: it must not take the server's
+                [
+                    "taskset",
+                    "-c",
+                    LOAD_CORE,
+                    sys.executable,
+                    "-m",
+                    "loadtests.bench.idle",
+                    "127.0.0.1",
+                    str(port),
+                    str(count),
+                ],
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
