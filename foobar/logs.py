@@ -79,7 +79,7 @@ def access_line(exchange: Exchange) -> str:
         f"rt={exchange.duration:.3f}"
     )
     for key, value in request.upstream.items():
-        line += f" {key}={value}"
+        line += f" {key}={value:.3f}" if isinstance(value, float) else f" {key}={value}"
     return line
 
 

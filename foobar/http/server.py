@@ -109,7 +109,8 @@ class Request:
         self.body = RequestBody(head, connection)
         self.client: tuple[str, int] = connection.peer
         self.scheme = connection.scheme
-        self.upstream: dict[str, str] = {}  # what a proxying handler tells the access log
+        # what a proxying handler tells the access log (ua, urt...), formatted only if logged
+        self.upstream: dict[str, object] = {}
         self._connection = connection
 
     @property

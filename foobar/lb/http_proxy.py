@@ -117,12 +117,8 @@ class HttpFrontend:
                 backend.failed(server, "response")
             else:
                 backend.succeeded(server)
-            request.upstream.update(
-                {
-                    "ua": str(server.settings.address),
-                    "urt": f"{time.monotonic() - started:.3f}",
-                }
-            )
+            request.upstream["ua"] = server.settings.address  # formatted only if logged
+            request.upstream["urt"] = time.monotonic() - started
             return self.relay(backend, server, sticky, response)
 
     def relay(

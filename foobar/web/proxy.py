@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -33,6 +34,7 @@ log = logging.getLogger("foobar.web.proxy")
 class Upstream:
     address: HostPort
     pool: UpstreamPool
+    latency: Any  # its child of foobar_web_upstream_seconds: labels() once, not per request
     fails: int = 0
     down_until: float = 0.0
 
@@ -70,14 +72,18 @@ class UpstreamGroup:
         name: str,
         registry: CollectorRegistry,
     ) -> None:
+        self.metrics = ProxyMetrics(registry)
         self.upstreams = [
-            Upstream(address, UpstreamPool(address.host, address.port, pool_config))
+            Upstream(
+                address,
+                UpstreamPool(address.host, address.port, pool_config),
+                self.metrics.latency.labels(str(address)),
+            )
             for address in addresses
         ]
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout
         self.name = name.encode()
-        self.metrics = ProxyMetrics(registry)
         self._turn = itertools.count()
 
     def usable(self) -> list[Upstream]:
@@ -142,10 +148,8 @@ class UpstreamGroup:
                     continue
                 return self.error(exc.status, str(exc))
             elapsed = time.monotonic() - started
-            self.metrics.latency.labels(upstream.name).observe(elapsed)
-            request.upstream.update(
-                {"ua": upstream.name, "us": str(response.status), "urt": f"{elapsed:.3f}"}
-            )
+            upstream.latency.observe(elapsed)
+            request.upstream.update({"ua": upstream.name, "us": response.status, "urt": elapsed})
             if response.status == 502 and retry_on_answer and upstream is not attempts[-1]:
                 await response.aclose()
                 self._failed(upstream, "502", UpstreamError("answered 502"))
