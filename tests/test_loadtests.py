@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_up import free_base
+from foobar.up import free_base_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
 
 async def test_locust_visitors_against_the_site(tmp_path: Path) -> None:
-    base = free_base()
+    base = free_base_port(webs=1, apps=2, tls=False)
     site = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -11,30 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dbcluster import free_port
+from foobar.up import free_base_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_base() -> int:
-    """A base port with the 400 above it free enough for the site."""
-    for _ in range(50):
-        base = free_port()
-        if base + 400 < 65535 and all(
-            free(base + offset) for offset in (0, 1, 11, 21, 22, 100, 363)
-        ):
-            return base
-    raise AssertionError("no free port range")
-
-
-def free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def pids_of(state: Path) -> list[int]:
@@ -43,7 +23,7 @@ def pids_of(state: Path) -> list[int]:
 
 
 async def test_up_serves_the_site_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
-    base = free_base()
+    base = free_base_port(webs=1, apps=1)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -105,7 +85,7 @@ async def test_up_serves_the_site_and_ctrl_c_leaves_nothing(tmp_path: Path) -> N
 
 
 async def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
-    base = free_base()
+    base = free_base_port(webs=1, apps=1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base + 1))
         taken.listen()

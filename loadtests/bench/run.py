@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foobar.up import free_base_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_CORE, LOAD_CORE = "0", "1"
 CONNECTIONS = 50
@@ -365,9 +367,7 @@ class Bench:
 
     def full_path(self) -> Pair | None:
         """client → lb → web → app → replica, on the site `python -m foobar up` runs."""
-        base = free_port()
-        while not all(free(base + offset) for offset in (0, 1, 11, 21, 22, 100, 101, 111, 121)):
-            base = free_port()
+        base = free_base_port(webs=1, apps=1, tls=False)
         state = self.folder / "up"
         up = subprocess.Popen(
             python(
@@ -427,15 +427,6 @@ class Bench:
             up.wait(120)
         self.pairs.append(pair)
         return pair
-
-
-def free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def median(results: list[Result], attribute: str) -> float:
