@@ -89,6 +89,9 @@ class _Parser:
         self.max_header_bytes = max_header_bytes
         self._events: list[Event] = []
         self._headers: hdrs.Headers = []
+        self._chunked = False  # the current message's framing, noted by on_header
+        self._length: int | None = None
+        self._expect: bytes | None = None
         self._head_size = 0  # bytes of the head counted by the callbacks
         self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
         self._in_head = False
@@ -163,10 +166,23 @@ class _Parser:
         self._in_head = True
         self._head_size = self._raw_head_size = 0
         self._headers = []
+        self._chunked = False
+        self._length = None
+        self._expect = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)
         self._headers.append((name, value))
+        # The framing fields, noted as they pass; the length test spares a lower() for
+        # every other field.
+        if len(name) in (6, 14, 17):
+            lowered = name.lower()
+            if lowered == b"content-length":
+                self._length = int(value)  # llhttp has checked the digits and duplicates
+            elif lowered == b"transfer-encoding":
+                self._chunked = True  # llhttp has checked that it ends in `chunked`
+            elif lowered == b"expect":
+                self._expect = value
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
@@ -185,17 +201,6 @@ class _Parser:
         if version not in SUPPORTED_VERSIONS:
             self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
         return version
-
-    def _framing(self) -> tuple[bool, int | None]:
-        chunked = False
-        length = None
-        for name, value in self._headers:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                chunked = True  # llhttp has checked that it ends in `chunked`
-            elif lowered == b"content-length":
-                length = int(value)  # llhttp has checked the digits and duplicates
-        return chunked, length
 
 
 class RequestParser(_Parser):
@@ -219,12 +224,12 @@ class RequestParser(_Parser):
     def on_headers_complete(self) -> None:
         version = self._head_complete()
         parser = self._parser
-        chunked, length = self._framing()
+        chunked, length = self._chunked, self._length
         if chunked and version == "1.0":
             # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
             # treat the framing as faulty and close; refusing is the safe reading.
             self._refuse(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
-        expect = hdrs.get(self._headers, b"expect")
+        expect = self._expect
         self._events.append(
             RequestHead(
                 method=parser.get_method().decode("ascii"),
@@ -275,7 +280,7 @@ class ResponseParser(_Parser):
     def on_headers_complete(self) -> None:
         version = self._head_complete()
         parser = self._parser
-        chunked, length = self._framing()
+        chunked, length = self._chunked, self._length
         status = parser.get_status_code()
         self._events.append(
             ResponseHead(

@@ -81,6 +81,7 @@ class Balancer:
         self.listeners: dict[str, Listener] = {}
         # what the last install replaced, stopped by reload()
         self._retired: tuple[dict[str, Backend], dict[str, HealthChecks]] = ({}, {})
+        self._counters: dict[tuple[str, int], Counter] = {}
         self.requests = Counter(
             "foobar_lb_requests",
             "HTTP responses by frontend and status",
@@ -126,7 +127,11 @@ class Balancer:
         return listener
 
     def _observe(self, frontend: str, exchange: Exchange) -> None:
-        self.requests.labels(frontend, str(exchange.status)).inc()
+        key = (frontend, exchange.status)
+        counter = self._counters.get(key)
+        if counter is None:  # labels() costs a lookup and a lock: once per status
+            counter = self._counters[key] = self.requests.labels(frontend, str(exchange.status))
+        counter.inc()
         if self.settings.access_log:
             logs.log_access(exchange)
 
