@@ -125,6 +125,15 @@ async def test_killed_primary_fails_writes_fast_and_reads_go_on(tmp_path: Path) 
                 health = await client.get("/healthz")
                 assert health.status_code == 200
                 assert health.json()["nodes"] == {"primary": False, "replica": True}
+                replica = cluster.supervisor.instances[cluster.replica.name]
+                assert replica.pid is not None
+                os.kill(replica.pid, signal.SIGKILL)  # now neither node is usable
+                await asyncio.sleep(0.5)
+                health = await client.get("/healthz")
+                assert health.status_code == 503
+                assert health.json()["nodes"] == {"primary": False, "replica": False}
+                read = await client.get("/api/posts")
+                assert read.status_code == 503 and read.headers["retry-after"] == "1"
         finally:
             await server.stop()
 
