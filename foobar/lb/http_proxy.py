@@ -67,7 +67,7 @@ class HttpFrontend:
         info = RequestInfo(request.client[0], request.path, request.header)
         headers = hdrs.forwarding(head.headers, request.client[0], request.scheme)
         sticky = self.sticky_server(backend, request)
-        retries_left = backend.settings.retries
+        attempt = 0
         retried_answer = False
         avoid: Server | None = None
         while True:
@@ -92,14 +92,10 @@ class HttpFrontend:
                     head.content_length,
                 )
             except UpstreamConnectError as exc:  # nothing reached the server
-                backend.release(server)
-                backend.failed(server, "connect")
-                if retries_left > 0:
-                    retries_left -= 1
-                    server.counters.retries += 1
+                if backend.connect_failed(server, attempt, str(exc)):
+                    attempt += 1
                     avoid = server
                     continue
-                log.warning("event=connect_failed server=%s reason=%r", server.name, str(exc))
                 return self.error(503)
             except UpstreamError as exc:
                 backend.release(server)

@@ -209,6 +209,20 @@ class Backend:
                 self.settings.eject_time,
             )
 
+    def connect_failed(self, server: Server, attempt: int, reason: str) -> bool:
+        """A connection to `server` failed (nothing was sent): free its slot, count the
+        failure, and say whether attempt number `attempt` (from 0) may be retried
+        (`retries`); the caller retries elsewhere (`redispatch`)."""
+        self.release(server)
+        self.failed(server, "connect")
+        if attempt < self.settings.retries:
+            server.counters.retries += 1
+            return True
+        log.warning(
+            "event=connect_failed backend=%s server=%s reason=%r", self.name, server.name, reason
+        )
+        return False
+
     def succeeded(self, server: Server) -> None:
         server.consecutive_errors = 0
 

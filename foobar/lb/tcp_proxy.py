@@ -233,7 +233,7 @@ class TcpFrontend:
     async def connect(self, session: Session) -> None:
         backend = self.balancer.backends[self.settings.backend]
         info = RequestInfo(session.client_address[0])
-        retries_left = backend.settings.retries
+        attempt = 0
         avoid: Server | None = None
         loop = asyncio.get_running_loop()
         while not session.closed:
@@ -250,14 +250,10 @@ class TcpFrontend:
                         lambda: Side(session, is_client=False), address.host, address.port
                     )
             except (OSError, TimeoutError) as exc:
-                backend.release(server)
-                backend.failed(server, "connect")
-                if retries_left > 0:
-                    retries_left -= 1
-                    server.counters.retries += 1
+                if backend.connect_failed(server, attempt, str(exc) or "timeout"):
+                    attempt += 1
                     avoid = server
                     continue
-                log.warning("event=connect_failed server=%s reason=%r", server.name, str(exc))
                 session.close()
                 return
             if session.closed:  # the client left while we connected
