@@ -239,3 +239,26 @@ async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> Non
         assert (await ops.post("/servers/web/a", content=b'{"state": "off"}')).status_code == 400
         metrics = (await ops.get("/metrics")).text
         assert 'foobar_lb_server_weight{backend="web",server="a"} 3.0' in metrics
+
+
+async def test_drain_takes_no_new_visitors_but_keeps_sticky_ones(
+    start_lb: StartLb, backends
+) -> None:  # type: ignore[no-untyped-def]
+    started = [await backends(name) for name in ("a", "b")]
+    lb = await start_lb(**lb_fields(*(f"{b.name}={b.address}" for b in started), cookie="SRV"))
+    web = lb.balancer.backends["web"]
+    async with (
+        httpx.AsyncClient(base_url=url_of(lb)) as sticky,
+        httpx.AsyncClient(base_url=url_of(lb)) as new,
+    ):
+        for _ in range(10):  # until the balancer pins this client to a
+            if (await sticky.get("/")).json()["server"] == "a":
+                break
+            sticky.cookies.clear()
+        server = web.server("a")
+        assert server is not None
+        server.state = "drain"
+        assert {(await sticky.get("/")).json()["server"] for _ in range(4)} == {"a"}
+        for _ in range(4):
+            new.cookies.clear()
+            assert (await new.get("/")).json()["server"] == "b"

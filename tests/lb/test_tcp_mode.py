@@ -146,3 +146,49 @@ async def test_accept_proxy_takes_the_client_from_the_preamble(
     async with httpx.AsyncClient(base_url=url_of(lb)) as client:
         with pytest.raises(httpx.HTTPError):
             await client.get("/")
+
+
+async def test_tcp_accept_proxy_picks_by_the_real_client(start_lb: StartLb) -> None:
+    """accept-proxy on a tcp listener: the preamble is read, not passed on, and `source`
+    hashing keys on the address it carries."""
+    received: list[bytes] = []
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(1024))
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    async with server:
+        backend_port = server.sockets[0].getsockname()[1]
+        lb = await start_lb(
+            frontends=[
+                {
+                    "name": "tcp",
+                    "bind": "127.0.0.1:0",
+                    "mode": "tcp",
+                    "backend": "db",
+                    "accept_proxy": True,
+                }
+            ],
+            backends=[
+                {
+                    "name": "db",
+                    "check": None,
+                    "algorithm": "source",
+                    "servers": [f"s=127.0.0.1:{backend_port}"],
+                }
+            ],
+        )
+        tcp = lb.balancer.listeners["tcp"].tcp
+        assert tcp is not None and tcp.server is not None
+        port = tcp.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        preamble = proxy_protocol.build(1, ("198.51.100.7", 40000), ("192.0.2.1", 5432))
+        writer.write(preamble[:10])  # across two reads
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(preamble[10:] + b"payload")
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert received == [b"payload"]
