@@ -254,6 +254,31 @@ class Site:
             await asyncio.sleep(0.3)
         raise UpError(f"{child.name} was not ready within {READY_TIMEOUT:.0f}s ({what}): {reason}")
 
+    async def start_tier(self, role: str, index: int, offset: int, *args: str) -> Child:
+        """Server `index` of the web or app tier: its port at B+offset+index, its admin
+        listener 100 above."""
+        name, port = f"{role}{index + 1}", self.plan.port(offset + index)
+        admin = port + 100
+        child = Child(
+            role,
+            name,
+            python(
+                f"foobar.{role}",
+                "--bind",
+                f"{HOST}:{port}",
+                "--name",
+                name,
+                "--admin",
+                f"{HOST}:{admin}",
+                *args,
+            ),
+            f"{HOST}:{port}",
+            HostPort(HOST, admin),
+            f"foobar_{role}_requests_total",
+        )
+        await self.start_child(child)
+        return child
+
     async def start(self) -> None:
         plan = self.plan
         state = plan.state_dir.resolve()
@@ -287,59 +312,16 @@ class Site:
 
         secrets = json.loads((state / "db" / "secrets.json").read_text())
         dsn = "mysql://foobar:{password}@{host}:{port}/foobar"
-        env_primary = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(21))
-        env_replica = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(22))
-        apps = []
-        for i in range(plan.apps):
-            port, admin = plan.port(11 + i), plan.port(111 + i)
-            app = Child(
-                "app",
-                f"app{i + 1}",
-                python(
-                    "foobar.app",
-                    "--bind",
-                    f"{HOST}:{port}",
-                    "--name",
-                    f"app{i + 1}",
-                    "--admin",
-                    f"{HOST}:{admin}",
-                    "--primary",
-                    env_primary,
-                    "--replica",
-                    env_replica,
-                ),
-                f"{HOST}:{port}",
-                HostPort(HOST, admin),
-                "foobar_app_requests_total",
-            )
-            await self.start_child(app)
-            apps.append(app)
+        primary = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(21))
+        replica = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(22))
+        apps = [
+            await self.start_tier("app", i, 11, "--primary", primary, "--replica", replica)
+            for i in range(plan.apps)
+        ]
         for app in apps:
             await self.wait_ready(app, "schema ready")
-
-        webs = []
-        for i in range(plan.webs):
-            port, admin = plan.port(1 + i), plan.port(101 + i)
-            upstreams = [arg for app in apps for arg in ("--upstream", app.address)]
-            web = Child(
-                "web",
-                f"web{i + 1}",
-                python(
-                    "foobar.web",
-                    "--bind",
-                    f"{HOST}:{port}",
-                    "--name",
-                    f"web{i + 1}",
-                    "--admin",
-                    f"{HOST}:{admin}",
-                    *upstreams,
-                ),
-                f"{HOST}:{port}",
-                HostPort(HOST, admin),
-                "foobar_web_requests_total",
-            )
-            await self.start_child(web)
-            webs.append(web)
+        upstreams = [arg for app in apps for arg in ("--upstream", app.address)]
+        webs = [await self.start_tier("web", i, 1, *upstreams) for i in range(plan.webs)]
         for web in webs:
             await self.wait_ready(web, "listening")
 

@@ -60,15 +60,6 @@ def end_to_end(headers: Headers) -> Headers:
     return [(key, value) for key, value in headers if key.lower() not in drop]
 
 
-def forwarded_for(headers: Headers, client_ip: str) -> bytes:
-    """The X-Forwarded-For value with `client_ip` appended, as nginx's
-    $proxy_add_x_forwarded_for and HAProxy's `option forwardfor` do."""
-    previous = get_all(headers, b"x-forwarded-for")
-    if previous:
-        return b", ".join(previous) + b", " + client_ip.encode()
-    return client_ip.encode()
-
-
 _FORWARDING_DROP = HOP_BY_HOP | {b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}
 
 
