@@ -6,6 +6,14 @@
         ...
     # the connection went back to the pool when the body ended
 
+A request without a body can also be sent and answered with no task at all, for proxies
+answering in the protocols' callbacks (the fast path, see server.py):
+
+    connection = pool.send_now("GET", b"/", headers)   # None: no idle connection
+    connection.on_event = check                        # called as bytes arrive or it fails
+    reply = pool.take_response(connection)             # (head, body) once all arrived
+    response = await pool.response_to(connection, ...) # or go on in a task from there
+
 Like nginx's `keepalive` upstream block: at most `max_idle` idle connections are kept, each
 for `idle_timeout`. A pooled connection the server closed while it sat idle is found out
 when the request fails before any response byte; an idempotent request with a replayable
@@ -73,13 +81,16 @@ class UpstreamConnection(FlowControlled):
         self.error: UpstreamError | None = None
         self.response_started = False
         self.reusable = True
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since: float | None = None  # loop.time() it went back to the pool
+        # Called instead of waking a task when events arrive or the connection fails,
+        # while a request on it is answered in callbacks.
+        self.on_event: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
-        if self.idle_handle is not None:
+        if self.idle_since is not None:
             # Bytes on an idle connection (a late 408, garbage): it cannot be trusted.
             self.reusable = False
             self.close()
@@ -107,10 +118,13 @@ class UpstreamConnection(FlowControlled):
         self.wake_drain(UpstreamClosed("upstream closed the connection"))
         if self._timer is not None:
             self._timer.cancel()
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
         self.pool.forget(self)
+
+    def wake(self) -> None:
+        if self.on_event is not None:
+            self.on_event()
+        else:
+            super().wake()
 
     def _fail(self, error: UpstreamError) -> None:
         error.response_started = self.response_started
@@ -127,16 +141,29 @@ class UpstreamConnection(FlowControlled):
                 error = UpstreamClosed("upstream closed the connection")
                 error.response_started = self.response_started
                 raise error
-            self._arm_timer()
+            self.arm_read_timeout()
             await self.wait_for_event()
         return self.pop()
 
-    def started_request(self) -> None:
+    def answer_coming(self) -> bool:
+        """For a request answered in callbacks: True while its response is still
+        arriving, small so far, and nothing the task path must handle has happened (a
+        failure, a close, an interim 1xx, anything after the response)."""
+        return (
+            self.error is None
+            and not self.closed
+            and self.buffered < limits.DIRECT_RESPONSE_BYTES
+            and END not in self.events
+        )
+
+    def started_request(self, method: str) -> None:
         """The read timeout counts from here: the last read was for an earlier request."""
+        if method == "HEAD":
+            self.parser.expect_head_response()
         self._last_read = self.loop.time()
         self.response_started = False
 
-    def _arm_timer(self) -> None:
+    def arm_read_timeout(self) -> None:
         if self._timer is None:
             self._timer = self.loop.call_at(
                 self._last_read + self.pool.config.read_timeout, self._on_timer
@@ -144,11 +171,11 @@ class UpstreamConnection(FlowControlled):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.event_waiter is None:
+        if self.event_waiter is None and self.on_event is None:
             return
         deadline = self._last_read + self.pool.config.read_timeout
         if self.loop.time() < deadline:
-            self._arm_timer()
+            self.arm_read_timeout()
             return
         self._fail(
             ReadTimeout(f"upstream {self.pool.name} silent for {self.pool.config.read_timeout}s")
@@ -276,6 +303,7 @@ class UpstreamPool:
         self.server_hostname = server_hostname
         self._idle: collections.deque[UpstreamConnection] = collections.deque()
         self._all: set[UpstreamConnection] = set()
+        self._expiry: asyncio.TimerHandle | None = None
         self.connections_made = 0  # for metrics and tests: reuse shows as few connections
         self.closed = False
 
@@ -314,6 +342,62 @@ class UpstreamPool:
         connection = await self._connect()
         return await self._exchange(connection, method, target, headers, body, content_length)
 
+    def send_now(
+        self, method: str, target: bytes, headers: hdrs.Headers
+    ) -> UpstreamConnection | None:
+        """Send a request without a body on an idle connection, at once; None when there
+        is none (or it cannot take the bytes). The caller sets `on_event` and watches
+        for the answer with `take_response()`, or goes on with `response_to()`."""
+        connection = self._take_idle()
+        if connection is None:
+            return None
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            self.release(connection, reusable=False)
+            return None
+        connection.started_request(method)
+        transport.write(_request_bytes(method, target, headers, None, None))
+        connection.arm_read_timeout()
+        return connection
+
+    def take_response(self, connection: UpstreamConnection) -> tuple[ResponseHead, bytes] | None:
+        """The final response and its whole body if they have all arrived; the connection
+        then goes back to the pool. None while more is to come, and for what the task
+        path must handle: an interim 1xx, a failure, a closed connection."""
+        events = connection.events
+        if END not in events:
+            return None
+        head = events[0]
+        if not isinstance(head, ResponseHead) or head.status < 200 or head.status == 101:
+            return None
+        connection.pop()
+        chunks = []
+        while (event := connection.pop()) is not END:
+            assert isinstance(event, bytes)
+            chunks.append(event)
+        connection.on_event = None
+        self.release(connection, head.keep_alive and not events)
+        return head, b"".join(chunks)
+
+    async def response_to(
+        self, connection: UpstreamConnection, method: str, target: bytes, headers: hdrs.Headers
+    ) -> UpstreamResponse:
+        """The response to a request `send_now()` sent, awaited in a task; like
+        `request()`, a stale pooled connection is retried once on a fresh one."""
+        connection.on_event = None
+        try:
+            head = await _response_head(connection)
+        except UpstreamClosed as exc:
+            connection.close()
+            if exc.response_started or method not in IDEMPOTENT:
+                raise
+            log.debug("event=stale_connection upstream=%s retry=fresh", self.name)
+            return await self._exchange(await self._connect(), method, target, headers, None, None)
+        except BaseException:
+            connection.close()
+            raise
+        return UpstreamResponse(connection, head, None)
+
     async def _connect(self) -> UpstreamConnection:
         if self.closed:
             raise UpstreamConnectError(f"pool for {self.name} is closed")
@@ -348,29 +432,12 @@ class UpstreamPool:
         body: bytes | AsyncIterable[bytes] | None,
         content_length: int | None,
     ) -> UpstreamResponse:
-        lines = [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            if name.lower() not in _FRAMING_FIELDS:
-                lines += (name, b": ", value, b"\r\n")
         streamed = body is not None and not isinstance(body, bytes)
-        if isinstance(body, bytes):
-            if body or method in _BODY_METHODS:
-                lines.append(b"Content-Length: %d\r\n" % len(body))
-        elif streamed and content_length is not None:
-            lines.append(b"Content-Length: %d\r\n" % content_length)
-        elif streamed:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        elif method in _BODY_METHODS:
-            lines.append(b"Content-Length: 0\r\n")
-        lines.append(b"\r\n")
-        if isinstance(body, bytes):
-            lines.append(body)
-        if method == "HEAD":
-            connection.parser.expect_head_response()
-        connection.started_request()
+        request = _request_bytes(method, target, headers, body, content_length)
+        connection.started_request(method)
         sender = None
         try:
-            await connection.write(b"".join(lines))
+            await connection.write(request)
             if streamed:
                 assert body is not None and not isinstance(body, bytes)
                 # Sent beside the wait for the response: a server may answer (413, 401)
@@ -390,9 +457,7 @@ class UpstreamPool:
     def _take_idle(self) -> UpstreamConnection | None:
         while self._idle:
             connection = self._idle.pop()  # the most recent: least likely closed by the server
-            assert connection.idle_handle is not None
-            connection.idle_handle.cancel()
-            connection.idle_handle = None
+            connection.idle_since = None
             if connection.reusable and not connection.closed:
                 return connection
             connection.close()
@@ -404,16 +469,24 @@ class UpstreamPool:
             return
         if len(self._idle) >= self.config.max_idle:
             self._idle.popleft().close()
-        connection.idle_handle = connection.loop.call_later(
-            self.config.idle_timeout, self._expire, connection
-        )
+        connection.idle_since = connection.loop.time()
         self._idle.append(connection)
+        if self._expiry is None:
+            self._expire_at(connection.idle_since + self.config.idle_timeout)
 
-    def _expire(self, connection: UpstreamConnection) -> None:
-        connection.idle_handle = None
-        if connection in self._idle:
-            self._idle.remove(connection)
-        connection.close()
+    def _expire_at(self, when: float) -> None:
+        """One timer per pool, not one per idle connection: connections are taken and
+        returned at the right end of `_idle`, so the left one has been idle longest."""
+        self._expiry = asyncio.get_running_loop().call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        idle = self._idle
+        oldest_kept = asyncio.get_running_loop().time() - self.config.idle_timeout
+        while idle and (idle[0].idle_since or 0.0) <= oldest_kept:
+            idle.popleft().close()
+        if idle:
+            self._expire_at((idle[0].idle_since or 0.0) + self.config.idle_timeout)
 
     def forget(self, connection: UpstreamConnection) -> None:
         self._all.discard(connection)
@@ -423,11 +496,38 @@ class UpstreamPool:
     async def close(self) -> None:
         """Close idle connections now; ones in use close when their response ends."""
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         while self._idle:
-            connection = self._idle.pop()
-            if connection.idle_handle is not None:
-                connection.idle_handle.cancel()
-            connection.close()
+            self._idle.pop().close()
+
+
+def _request_bytes(
+    method: str,
+    target: bytes,
+    headers: hdrs.Headers,
+    body: bytes | AsyncIterable[bytes] | None,
+    content_length: int | None,
+) -> bytes:
+    """The request's head (and its body when given as bytes), framed by this client."""
+    lines = [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        if name.lower() not in _FRAMING_FIELDS:
+            lines += (name, b": ", value, b"\r\n")
+    if isinstance(body, bytes):
+        if body or method in _BODY_METHODS:
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+    elif body is not None and content_length is not None:
+        lines.append(b"Content-Length: %d\r\n" % content_length)
+    elif body is not None:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif method in _BODY_METHODS:
+        lines.append(b"Content-Length: 0\r\n")
+    lines.append(b"\r\n")
+    if isinstance(body, bytes):
+        lines.append(body)
+    return b"".join(lines)
 
 
 async def _response_head(connection: UpstreamConnection) -> ResponseHead:
@@ -477,32 +577,29 @@ class ReleasingBody:
             release()
 
 
-class NoBody:
-    """An empty stream, for a response whose declared length stands though no body is
-    sent (the answer to a HEAD, a 304)."""
-
-    def __aiter__(self) -> NoBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        raise StopAsyncIteration
-
-
 def relay_body(
     response: UpstreamResponse, release: Callable[[], None]
 ) -> tuple[bytes | AsyncIterable[bytes], hdrs.Headers]:
     """What a proxy passes on of an upstream response: the body, and the framing header
     to add. A body that has all arrived goes as bytes (the head and it in one write, the
     upstream connection back to the pool at once); a longer one streams."""
-    declared = response.head.content_length
     complete = response.take_complete_body()
     if complete is not None:
         release()
-        if declared is None or len(complete) == declared:
-            return complete, []  # the server writes Content-Length from the bytes
-        return NoBody(), [(b"Content-Length", b"%d" % declared)]
+        return whole_body(response.head, complete)
+    declared = response.head.content_length
     framing = [] if declared is None else [(b"Content-Length", b"%d" % declared)]
     return ReleasingBody(response, release), framing
+
+
+def whole_body(head: ResponseHead, body: bytes) -> tuple[bytes, hdrs.Headers]:
+    """A response body that has all arrived, and the framing header to pass on with it:
+    none when the server can count the bytes, the declared length when a response to
+    HEAD, or a 304, declares one and carries no body."""
+    declared = head.content_length
+    if declared is None or len(body) == declared:
+        return body, []
+    return b"", [(b"Content-Length", b"%d" % declared)]
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

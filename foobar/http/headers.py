@@ -40,24 +40,31 @@ def get_all(headers: Headers, name: bytes) -> list[bytes]:
     return [value for key, value in headers if key.lower() == name]
 
 
-def tokens(headers: Headers, name: bytes) -> set[bytes]:
-    """The comma-separated tokens of every `name` field, lower-cased (`Connection`, `TE`)."""
-    found: set[bytes] = set()
-    for value in get_all(headers, name):
-        found.update(part.strip().lower() for part in value.split(b",") if part.strip())
-    return found
-
-
 def without(headers: Headers, names: Iterable[bytes]) -> Headers:
     drop = frozenset(names)
     return [(key, value) for key, value in headers if key.lower() not in drop]
 
 
+_END_TO_END_DROP = HOP_BY_HOP | {b"content-length"}
+
+
 def end_to_end(headers: Headers) -> Headers:
     """`headers` less the hop-by-hop ones, including those the Connection field names, and
-    less Content-Length: the sender rebuilds the framing for the next hop."""
-    drop = HOP_BY_HOP | tokens(headers, b"connection") | {b"content-length"}
-    return [(key, value) for key, value in headers if key.lower() not in drop]
+    less Content-Length: the sender rebuilds the framing for the next hop. One pass, as
+    `forwarding()`: it runs for every proxied response."""
+    kept: Headers = []
+    named: set[bytes] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _END_TO_END_DROP:
+            if lowered == b"connection":
+                named.update(part.strip().lower() for part in value.split(b","))
+            continue
+        kept.append((name, value))
+    named -= HOP_BY_HOP
+    if named:  # fields the sender declared hop-by-hop in Connection
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 _FORWARDING_DROP = HOP_BY_HOP | {b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}

@@ -49,6 +49,11 @@ MAX_IDLE_CONNECTIONS = 32
 # so a pooled connection is dropped by us before the server drops it under us.
 POOL_IDLE_TIMEOUT = 4.0
 
+# A proxied response answered in callbacks (the fast path) is held whole until it has all
+# arrived; a longer one streams from a task. nginx buffers a proxied response in memory up
+# to proxy_buffer_size + proxy_buffers (4 KiB + 8 x 4 KiB by default) before spilling.
+DIRECT_RESPONSE_BYTES = 64 * 1024
+
 # Lingering close: how long unread input is drained after our FIN before closing, so the
 # client reads our last response instead of a reset. nginx lingering_timeout: 5 s.
 LINGER_TIMEOUT = 2.0

@@ -171,7 +171,9 @@ class _Parser:
         self._expect = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
+        self._head_size += len(name) + len(value) + 4  # _count(), inlined: once per field
+        if self._head_size > self.max_header_bytes:
+            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
         self._headers.append((name, value))
         # The framing fields, noted as they pass; the length test spares a lower() for
         # every other field.

@@ -11,6 +11,15 @@ What the core decides so no tier has to: framing (Content-Length or chunked, or 
 HTTP/1.0), no body for HEAD, 1xx, 204 and 304, `Expect: 100-continue`, keep-alive and
 pipelining, the Date header, the limits and timeouts of `ServerConfig`, and an error
 response with the right status for any `HTTPError` the parser or handler raises.
+
+The fast path: a tier may also give `fast_handler(request) -> bool`, offered each request
+without a body that arrives while its connection is idle. It returns False to leave the
+request to the handler, or takes it and answers from whatever callback it likes with
+`request.respond(response)` (a bytes body), or hands it to the connection's task with
+`request.continue_in_task(handler)` once it has to wait in a way callbacks cannot. A
+proxy forwards a GET this way and writes the answer from the upstream protocol's
+callback: no task, future or coroutine per request, which is HAProxy's and nginx's shape
+and most of what a proxied request costs in Python.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from foobar.http.errors import (
     ProtocolError,
     RequestTimeout,
 )
-from foobar.http.flow import FlowControlled
+from foobar.http.flow import EVENT_SIZE, FlowControlled
 from foobar.http.parser import END, Event, RequestHead, RequestParser
 
 log = logging.getLogger("foobar.http.server")
@@ -73,6 +82,7 @@ class Response:
 
 
 Handler = Callable[["Request"], Awaitable[Response]]
+FastHandler = Callable[["Request"], bool]
 
 
 @dataclass(slots=True)
@@ -114,6 +124,10 @@ class Request:
         self._connection = connection
 
     @property
+    def client_ip(self) -> str:
+        return self.client[0]
+
+    @property
     def method(self) -> str:
         return self.head.method
 
@@ -135,6 +149,15 @@ class Request:
 
     def header(self, name: bytes) -> bytes | None:
         return hdrs.get(self.head.headers, name)
+
+    def respond(self, response: Response) -> None:
+        """Answer a request the fast handler took; the body must be bytes."""
+        self._connection.respond_directly(self, response)
+
+    def continue_in_task(self, handler: Handler) -> None:
+        """Hand a request the fast handler took to the connection's task: `handler`
+        answers it as if it had been the server's handler from the start."""
+        self._connection.hand_over(self, handler)
 
 
 class RequestBody:
@@ -213,8 +236,15 @@ def http_date() -> bytes:
     return bytes(_DATE_CACHE[1])
 
 
-# Response fields the writer owns: a handler's copies would contradict the real framing.
-_FRAMING_FIELDS: Final = frozenset({b"connection", b"transfer-encoding", b"keep-alive"})
+# Response fields the writer looks at: the framing ones it owns (a handler's copies would
+# contradict the real framing), the declared length, and whether a Date was given.
+_SPECIAL_FIELDS: Final = {
+    b"connection": "framing",
+    b"transfer-encoding": "framing",
+    b"keep-alive": "framing",
+    b"content-length": "length",
+    b"date": "date",
+}
 _STATUS_LINES: dict[int, bytes] = {}
 
 
@@ -237,6 +267,7 @@ class Connection(FlowControlled):
         config = server.config
         super().__init__(config.high_water, config.low_water)
         self.handler = server.handler
+        self.fast_handler = server.fast_handler
         self.config = config
         self.state = server.state
         self.on_response = server.on_response
@@ -252,6 +283,10 @@ class Connection(FlowControlled):
         self._task: asyncio.Task[None] | None = None
         self._in_request = False  # the handler or response writer is running
         self._requests = 0
+        # the request the fast handler is answering in callbacks (the task sleeps meanwhile)
+        self._direct: Request | None = None
+        self._direct_since = 0.0  # loop.time() when it arrived
+        self._handed_over: tuple[Request, Handler] | None = None
         # timeouts
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -286,8 +321,50 @@ class Connection(FlowControlled):
             self.queue(exc.events)
             self._fail(exc)
             return
+        if events and self.fast_handler is not None and self._direct is None:
+            events = self._offer(events)
         if events:
             self.queue(events)
+
+    def _offer(self, events: list[Event]) -> list[Event]:
+        """Offer the first request to the fast handler if it has no body and the
+        connection is idle; returns the events left for the task."""
+        head = events[0]
+        if (
+            len(events) < 2
+            or events[1] is not END
+            or not isinstance(head, RequestHead)
+            or not self._waiting_head
+            or self.events
+            or self.drain_waiter is not None
+            or self.state.closing
+        ):
+            return events
+        assert self.fast_handler is not None
+        request = Request(head, self)
+        request.body.complete = True
+        self._direct = request
+        self._direct_since = self._last_read
+        self._in_request = True
+        self._waiting_head = False
+        try:
+            taken = self.fast_handler(request)
+        except Exception:
+            log.exception("event=handler_error method=%s target=%r", head.method, head.target)
+            if self._direct is request:
+                request.respond(self.error_page(500, ""))
+                self._end()
+            return events[2:]
+        if taken:
+            return events[2:]
+        self._direct = None
+        self._in_request = False
+        self._waiting_head = True
+        return events
+
+    def wake(self) -> None:
+        if self._direct is None:  # the task sleeps while a request is answered in callbacks
+            super().wake()
 
     def _take_preamble(self, data: bytes) -> bytes:
         """Read the PROXY preamble; the client's real address replaces the peer's.
@@ -322,7 +399,7 @@ class Connection(FlowControlled):
         if self._timer is not None:
             self._timer.cancel()
         self.state.discard(self)
-        if self._in_request and self._task is not None:
+        if self._in_request and self._direct is None and self._task is not None:
             # nginx's default (proxy_ignore_client_abort off): abandon the work, so a
             # proxied request or a database query is cancelled with its client.
             self._task.cancel()
@@ -371,24 +448,28 @@ class Connection(FlowControlled):
 
     async def _answer(self, head: RequestHead) -> bool:
         """Run the handler for one request and write its response; True to keep going."""
-        request = Request(head, self)
+        handed_over, self._handed_over = self._handed_over, None
+        if handed_over is not None and handed_over[0].head is head:
+            request, handler = handed_over
+            since = self._direct_since
+        else:
+            request, handler = Request(head, self), self.handler
+            since = self.loop.time()
         self._in_request = True
         try:
-            return await self._answer_request(request)
+            return await self._answer_request(request, handler, since)
         finally:
             self._in_request = False
 
-    async def _answer_request(self, request: Request) -> bool:
+    async def _answer_request(self, request: Request, handler: Handler, since: float) -> bool:
         head = request.head
         keep_alive = head.keep_alive
-        if self.on_response is not None:
-            started, clock = time.time(), self.loop.time()
         if head.content_length is not None and head.content_length > self.config.max_body_bytes:
             response = self.error_page(413, "request body too large")
             keep_alive = False
         else:
             try:
-                response = await self.handler(request)
+                response = await handler(request)
             except HTTPError as exc:
                 if isinstance(exc, ConnectionClosed):
                     raise
@@ -403,9 +484,7 @@ class Connection(FlowControlled):
         keep_alive = keep_alive and not self.state.closing
         sent, complete = await self._write_response(request, response, keep_alive)
         if self.on_response is not None:
-            self.on_response(
-                Exchange(request, response.status, sent, started, self.loop.time() - clock)
-            )
+            self._log_exchange(request, response.status, sent, since)
         if self.events and self.events[0] is END and not request.body.complete:
             self.pop()  # the end of a bodiless request, already here: no need to wait for it
             request.body.complete = True
@@ -432,6 +511,62 @@ class Connection(FlowControlled):
         except HTTPError:
             return False
         return True
+
+    def _log_exchange(self, request: Request, status: int, sent: int, since: float) -> None:
+        assert self.on_response is not None
+        duration = self.loop.time() - since
+        self.on_response(Exchange(request, status, sent, time.time() - duration, duration))
+
+    # the fast path
+
+    def respond_directly(self, request: Request, response: Response) -> None:
+        """Write the answer to the request the fast handler took, in one write, and let
+        the task go on with the next request (or end the connection)."""
+        if self._direct is not request:
+            raise RuntimeError("respond() on a request that is not being answered directly")
+        body = response.body
+        assert isinstance(body, bytes), "a fast handler answers with a bytes body"
+        head = request.head
+        keep_alive = head.keep_alive and not self.state.closing
+        lines, length, no_body, _, keep_alive = _response_head(head, response, keep_alive)
+        if not no_body and body:
+            lines.append(body)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(lines))
+        self._direct = None
+        self._in_request = False
+        self._requests += 1
+        if self.on_response is not None:
+            self._log_exchange(
+                request, response.status, 0 if no_body else length or 0, self._direct_since
+            )
+        if not keep_alive:
+            self._end()
+            return
+        self._waiting_head = True
+        self._head_started = self._last_read if self.parser.in_message else None
+        if self.events or self.closed:
+            super().wake()  # pipelined requests, or the client left meanwhile
+        elif self._timer is None:  # one that is armed fires first and re-arms itself
+            self._arm_timer()
+
+    def hand_over(self, request: Request, handler: Handler) -> None:
+        """The task answers the request the fast handler took, with `handler`."""
+        if self._direct is not request:
+            raise RuntimeError("continue_in_task() on a request not being answered directly")
+        self._direct = None
+        self._handed_over = (request, handler)
+        self.events.appendleft(request.head)
+        self.buffered += EVENT_SIZE
+        self._waiting_head = True
+        super().wake()
+
+    def _end(self) -> None:
+        """Close once what was written has gone: the task stops, its `_close` closes."""
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
 
     # reading
 
@@ -480,46 +615,12 @@ class Connection(FlowControlled):
         """Write `response`; returns (body bytes sent, whether the framing was kept)."""
         transport = self.transport
         assert transport is not None
-        head = request.head
-        status = response.status
-        body = response.body
-        no_body = head.method == "HEAD" or status < 200 or status in (204, 304)
-        lines = [status_line(status, response.reason)]
-        length: int | None = None
-        has_date = False
-        for name, value in response.headers:
-            lowered = name.lower()
-            if lowered in _FRAMING_FIELDS:
-                continue
-            if lowered == b"content-length":
-                length = int(value)
-                continue
-            if lowered == b"date":
-                has_date = True
-            lines += (name, b": ", value, b"\r\n")
-        if not has_date:
-            lines += (b"Date: ", http_date(), b"\r\n")
-        if status == 304:
-            pass  # only a length the handler declared: an empty body is not the size (§8.6)
-        elif isinstance(body, bytes):
-            length = len(body)
-        elif isinstance(body, FileBody):
-            length = body.count
-        chunked = length is None and not no_body and head.version == "1.1"
-        if length is None and not no_body and not chunked:
-            keep_alive = False  # HTTP/1.0 without a length: the close ends the body
-        if length is not None and status >= 200 and status != 204:
-            lines += (b"Content-Length: ", str(length).encode(), b"\r\n")
-        elif chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        if not keep_alive:
-            lines.append(b"Connection: close\r\n\r\n")
-        elif head.version == "1.0":
-            lines.append(b"Connection: keep-alive\r\n\r\n")
-        else:
-            lines.append(b"\r\n")
+        lines, length, no_body, chunked, keep_alive = _response_head(
+            request.head, response, keep_alive
+        )
         if transport.is_closing():
             raise ConnectionClosed("client closed the connection")
+        body = response.body
         if isinstance(body, bytes):
             if not no_body and body:
                 lines.append(body)
@@ -729,6 +830,53 @@ class Connection(FlowControlled):
         self.loop.call_later(limits.LINGER_TIMEOUT, transport.close)
 
 
+def _response_head(
+    head: RequestHead, response: Response, keep_alive: bool
+) -> tuple[list[bytes], int | None, bool, bool, bool]:
+    """The response's head as a list of byte strings, and what its writer must know:
+    (lines, Content-Length or None, no body to send, chunked, keep-alive)."""
+    status = response.status
+    body = response.body
+    no_body = head.method == "HEAD" or status < 200 or status in (204, 304)
+    lines = [status_line(status, response.reason)]
+    length: int | None = None
+    has_date = False
+    for name, value in response.headers:
+        special = _SPECIAL_FIELDS.get(name.lower())
+        if special is not None:
+            if special == "framing":
+                continue
+            if special == "length":
+                length = int(value)
+                continue
+            has_date = True
+        lines += (name, b": ", value, b"\r\n")
+    if not has_date:
+        lines += (b"Date: ", http_date(), b"\r\n")
+    if no_body and length is not None:
+        pass  # a declared length stands when no body is sent: HEAD, 304 (RFC 9110 §8.6)
+    elif status == 304:
+        pass  # and only a declared one: an empty body is not the size
+    elif isinstance(body, bytes):
+        length = len(body)
+    elif isinstance(body, FileBody):
+        length = body.count
+    chunked = length is None and not no_body and head.version == "1.1"
+    if length is None and not no_body and not chunked:
+        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+    if length is not None and status >= 200 and status != 204:
+        lines += (b"Content-Length: ", str(length).encode(), b"\r\n")
+    elif chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n\r\n")
+    elif head.version == "1.0":
+        lines.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        lines.append(b"\r\n")
+    return lines, length, no_body, chunked, keep_alive
+
+
 def _breaks_framing(exc: HTTPError) -> bool:
     """After these the rest of the request cannot be read reliably."""
     return isinstance(exc, ProtocolError | BodyTooLarge | RequestTimeout)
@@ -755,8 +903,10 @@ class Server:
         config: ServerConfig | None = None,
         on_response: OnResponse | None = None,
         error_page: ErrorPage | None = None,
+        fast_handler: FastHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.fast_handler = fast_handler
         self.config = config or ServerConfig()
         self.on_response = on_response
         self.error_page = error_page or error_response

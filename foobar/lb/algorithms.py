@@ -48,13 +48,29 @@ class Target(Protocol):
         ...
 
 
+class RequestInfo(Protocol):
+    """What the hashing algorithms key on. An HTTP request (the core's `Request`) is one
+    as it is, with no copy made per request; `RequestKeys` gives them directly."""
+
+    @property
+    def client_ip(self) -> str: ...
+    @property
+    def path(self) -> bytes: ...
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of a request header (`name` lower-case), or None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """What the hashing algorithms key on. `header` looks a request header up."""
+class RequestKeys:
+    """A RequestInfo given directly: a TCP connection's (only its client), a test's."""
 
     client_ip: str
     path: bytes = b""
-    header: Callable[[bytes], bytes | None] = lambda name: None
+    headers: Callable[[bytes], bytes | None] = lambda name: None
+
+    def header(self, name: bytes) -> bytes | None:
+        return self.headers(name)
 
 
 class Algorithm(ABC):
@@ -95,15 +111,18 @@ class RoundRobin(Algorithm):
 
     def pick(self, candidates: Sequence[Target], request: RequestInfo) -> Target | None:
         best: Target | None = None
+        best_score = 0
         total = 0
         score = self._score
         for server in candidates:
-            if server.weight <= 0:
+            weight = server.weight
+            if weight <= 0:
                 continue
-            total += server.weight
-            score[server.name] = score.get(server.name, 0) + server.weight
-            if best is None or score[server.name] > score[best.name]:
-                best = server
+            total += weight
+            name = server.name
+            current = score[name] = score.get(name, 0) + weight
+            if best is None or current > best_score:
+                best, best_score = server, current
         if best is not None:
             score[best.name] -= total
         return best

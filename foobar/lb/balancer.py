@@ -113,6 +113,7 @@ class Balancer:
                     accept_proxy=frontend.accept_proxy,
                 ),
                 on_response=functools.partial(self._observe, frontend.name),
+                fast_handler=listener.http.answer_now,
             )
             await listener.server.start(
                 frontend.bind.host, frontend.bind.port, ssl=context, reuse_port=self.reuse_port

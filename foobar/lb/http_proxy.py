@@ -8,19 +8,27 @@ sent) is retried, on another server when there is one; an idempotent request wit
 body that got no response byte is retried once elsewhere; anything else that reached a
 server is never sent again. A request smuggled with conflicting framing never gets here:
 the core refuses it with 400 before a backend is chosen.
+
+Two paths, one set of rules. A request without a body takes the fast path when it can
+(`answer_now`): a server with a free slot, an idle pooled connection, and an answer small
+enough to arrive whole are handled in the protocols' callbacks, without a task. Whatever
+has to wait (the queue, a new connection, a long or failed answer) goes on in `forward()`,
+the task path, from the point the fast path reached.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING
 
 from foobar.http import headers as hdrs
-from foobar.http.client import IDEMPOTENT, UpstreamResponse, relay_body
+from foobar.http.client import IDEMPOTENT, UpstreamConnection, relay_body, whole_body
 from foobar.http.errors import UpstreamConnectError, UpstreamError
+from foobar.http.parser import ResponseHead
 from foobar.http.server import Request, Response
-from foobar.lb.algorithms import RequestInfo
 from foobar.lb.servers import Backend, NoServer, Server
 from foobar.lb.settings import FrontendSettings
 
@@ -59,42 +67,123 @@ class HttpFrontend:
             )
         return response
 
+    # the fast path
+
+    def answer_now(self, request: Request) -> bool:
+        """The core's fast handler (a request without a body, its connection idle):
+        forward it at once on an idle pooled connection and answer from the upstream's
+        callback. False leaves it to `handle()`: no free slot, or no server."""
+        if self.settings.redirect_https_port is not None:
+            request.respond(self.redirect(request))
+            return True
+        backend = self.balancer.backends[self.settings.backend]
+        sticky = self.sticky_server(backend, request)
+        if sticky is not None:
+            backend.take(sticky)
+        server = sticky or backend.take_now(request)
+        if server is None:
+            return False
+        head = request.head
+        headers = hdrs.forwarding(head.headers, request.client[0], request.scheme)
+        started = time.monotonic()
+        connection = server.pool.send_now(head.method, head.target, headers)
+        if connection is None:
+            request.continue_in_task(
+                lambda request: self.forward(request, backend, headers, sticky, server)
+            )
+        else:
+            connection.on_event = lambda: self.answer_arrived(
+                request, backend, headers, sticky, server, connection, started
+            )
+        return True
+
+    def answer_arrived(
+        self,
+        request: Request,
+        backend: Backend,
+        headers: hdrs.Headers,
+        sticky: Server | None,
+        server: Server,
+        connection: UpstreamConnection,
+        started: float,
+    ) -> None:
+        """Bytes (or a failure) arrived on the connection a fast-path request went on."""
+        reply = server.pool.take_response(connection)
+        if reply is None:
+            if connection.answer_coming():
+                return
+            connection.on_event = None  # the task path reads on from here
+            request.continue_in_task(
+                lambda request: self.forward(
+                    request, backend, headers, sticky, server, (connection, started)
+                )
+            )
+            return
+        head, body = reply
+        backend.release(server)
+        self.answered(request, backend, server, head.status, started)
+        body, framing = whole_body(head, body)
+        request.respond(self.relay(backend, server, sticky, head, body, framing))
+
+    # the task path
+
     async def handle(self, request: Request) -> Response:
         if self.settings.redirect_https_port is not None:
             return self.redirect(request)
         backend = self.balancer.backends[self.settings.backend]  # looked up per request: reloads
         head = request.head
-        info = RequestInfo(request.client[0], request.path, request.header)
         headers = hdrs.forwarding(head.headers, request.client[0], request.scheme)
-        sticky = self.sticky_server(backend, request)
+        return await self.forward(request, backend, headers, self.sticky_server(backend, request))
+
+    async def forward(
+        self,
+        request: Request,
+        backend: Backend,
+        headers: hdrs.Headers,
+        sticky: Server | None,
+        server: Server | None = None,
+        sent: tuple[UpstreamConnection, float] | None = None,
+    ) -> Response:
+        """Pick a server, send, retry by the rules above, relay the answer. The fast path
+        joins with the `server` it took a slot on and, if it got that far, the connection
+        the request was `sent` on and when."""
+        head = request.head
         attempt = 0
         retried_answer = False
         avoid: Server | None = None
         while True:
+            if server is None:
+                try:
+                    if sticky is not None and avoid is None:
+                        server = sticky
+                        backend.take(server)
+                    else:
+                        server = await backend.acquire(
+                            request, avoid if backend.settings.redispatch else None
+                        )
+                except NoServer as exc:
+                    log.info("event=no_server frontend=%s reason=%r", self.settings.name, str(exc))
+                    return self.error(503)
             try:
-                if sticky is not None and avoid is None:
-                    server = sticky
-                    backend.take(server)
-                else:
-                    server = await backend.acquire(
-                        info, avoid if backend.settings.redispatch else None
+                if sent is not None:
+                    connection, started = sent
+                    sent = None
+                    response = await server.pool.response_to(
+                        connection, head.method, head.target, headers
                     )
-            except NoServer as exc:
-                log.info("event=no_server frontend=%s reason=%r", self.settings.name, str(exc))
-                return self.error(503)
-            started = time.monotonic()
-            try:
-                response = await server.pool.request(
-                    head.method,
-                    head.target,
-                    headers,
-                    request.body if head.has_body else None,
-                    head.content_length,
-                )
+                else:
+                    started = time.monotonic()
+                    response = await server.pool.request(
+                        head.method,
+                        head.target,
+                        headers,
+                        request.body if head.has_body else None,
+                        head.content_length,
+                    )
             except UpstreamConnectError as exc:  # nothing reached the server
                 if backend.connect_failed(server, attempt, str(exc)):
                     attempt += 1
-                    avoid = server
+                    avoid, server = server, None
                     continue
                 return self.error(503)
             except UpstreamError as exc:
@@ -104,29 +193,46 @@ class HttpFrontend:
                 if safe and not retried_answer:
                     retried_answer = True
                     server.counters.redispatches += 1
-                    avoid = server
+                    avoid, server = server, None
                     continue
                 log.warning("event=server_failed server=%s reason=%r", server.name, str(exc))
                 return self.error(exc.status)
-            server.counters.requests += 1
-            if response.status >= 500:
-                backend.failed(server, "response")
-            else:
-                backend.succeeded(server)
-            request.upstream["ua"] = server.settings.address  # formatted only if logged
-            request.upstream["urt"] = time.monotonic() - started
-            return self.relay(backend, server, sticky, response)
+            except BaseException:  # cancelled: the client left
+                backend.release(server)
+                raise
+            self.answered(request, backend, server, response.status, started)
+            body, framing = relay_body(response, functools.partial(backend.release, server))
+            return self.relay(backend, server, sticky, response.head, body, framing)
+
+    # what both paths share
+
+    def answered(
+        self, request: Request, backend: Backend, server: Server, status: int, started: float
+    ) -> None:
+        """Count a response and tell the passive checks about it."""
+        server.counters.requests += 1
+        if status >= 500:
+            backend.failed(server, "response")
+        else:
+            backend.succeeded(server)
+        request.upstream["ua"] = server.settings.address  # formatted only if logged
+        request.upstream["urt"] = time.monotonic() - started
 
     def relay(
-        self, backend: Backend, server: Server, sticky: Server | None, response: UpstreamResponse
+        self,
+        backend: Backend,
+        server: Server,
+        sticky: Server | None,
+        head: ResponseHead,
+        body: bytes | AsyncIterable[bytes],
+        framing: hdrs.Headers,
     ) -> Response:
-        headers = hdrs.end_to_end(response.headers)
+        headers = hdrs.end_to_end(head.headers)
         cookie = backend.settings.cookie
         if cookie is not None and sticky is not server:
             headers.append((b"Set-Cookie", f"{cookie}={server.name}; Path=/; HttpOnly".encode()))
-        body, framing = relay_body(response, lambda: backend.release(server))
         headers += framing
-        return self.finish(Response(response.status, headers, body, response.head.reason))
+        return self.finish(Response(head.status, headers, body, head.reason))
 
     def sticky_server(self, backend: Backend, request: Request) -> Server | None:
         """`cookie NAME insert`: the server the client's cookie names, while usable."""

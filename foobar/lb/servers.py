@@ -61,7 +61,10 @@ class Server:
 
     @property
     def usable(self) -> bool:
-        return self.up and self.state == "ready" and time.monotonic() >= self.ejected_until
+        return self.usable_at(time.monotonic())
+
+    def usable_at(self, now: float) -> bool:
+        return self.up and self.state == "ready" and now >= self.ejected_until
 
     @property
     def has_slot(self) -> bool:
@@ -120,6 +123,8 @@ class Backend:
             )
             for server in settings.servers
         ]
+        self._normal = [server for server in self.servers if not server.settings.backup]
+        self._backups = [server for server in self.servers if server.settings.backup]
         self.algorithm: Algorithm = algorithms.create(settings.algorithm)
         self.algorithm.update(self.servers)
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -137,8 +142,9 @@ class Backend:
 
     def usable(self) -> list[Server]:
         """Usable normal servers, or, when none is up, usable backups."""
-        normal = [s for s in self.servers if not s.settings.backup and s.usable]
-        return normal or [s for s in self.servers if s.settings.backup and s.usable]
+        now = time.monotonic()
+        normal = [server for server in self._normal if server.usable_at(now)]
+        return normal or [server for server in self._backups if server.usable_at(now)]
 
     async def acquire(self, request: RequestInfo, avoid: Server | None = None) -> Server:
         """A server for one connection or request, its slot taken. `avoid` is the one that
@@ -149,13 +155,8 @@ class Backend:
             usable = self.usable()
             if not usable:
                 raise NoServer(f"backend {self.name} has no server available")
-            candidates = [server for server in usable if server.has_slot]
-            if avoid is not None and len(candidates) > 1:
-                candidates = [server for server in candidates if server is not avoid]
-            picked = self.algorithm.pick(candidates, request) if candidates else None
+            picked = self._take_free(usable, request, avoid)
             if picked is not None:
-                assert isinstance(picked, Server)
-                self.take(picked)
                 return picked
             waiter = loop.create_future()
             self._queue.append(waiter)
@@ -171,6 +172,26 @@ class Backend:
             finally:
                 if waiter in self._queue:
                     self._queue.remove(waiter)
+
+    def take_now(self, request: RequestInfo) -> Server | None:
+        """A server with a free slot, its slot taken, without waiting; None when the
+        request would have to queue, or nothing is up (`acquire()` says which)."""
+        if self._queue:
+            return None  # first come, first served: the queue goes before
+        return self._take_free(self.usable(), request, None)
+
+    def _take_free(
+        self, usable: list[Server], request: RequestInfo, avoid: Server | None
+    ) -> Server | None:
+        candidates = [server for server in usable if server.has_slot]
+        if avoid is not None and len(candidates) > 1:
+            candidates = [server for server in candidates if server is not avoid]
+        picked = self.algorithm.pick(candidates, request) if candidates else None
+        if picked is None:
+            return None
+        assert isinstance(picked, Server)
+        self.take(picked)
+        return picked
 
     def take(self, server: Server) -> None:
         server.active += 1

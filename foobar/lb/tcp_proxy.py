@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from foobar.http import limits, proxy_protocol
 from foobar.http.errors import ProtocolError
-from foobar.lb.algorithms import RequestInfo
+from foobar.lb.algorithms import RequestKeys
 from foobar.lb.servers import Backend, NoServer, Server
 from foobar.lb.settings import FrontendSettings
 
@@ -232,7 +232,7 @@ class TcpFrontend:
 
     async def connect(self, session: Session) -> None:
         backend = self.balancer.backends[self.settings.backend]
-        info = RequestInfo(session.client_address[0])
+        info = RequestKeys(session.client_address[0])
         attempt = 0
         avoid: Server | None = None
         loop = asyncio.get_running_loop()

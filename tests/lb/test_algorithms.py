@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from foobar.lb import algorithms
-from foobar.lb.algorithms import RequestInfo
+from foobar.lb.algorithms import RequestKeys
 
 PICKS = 10_000
 
@@ -34,7 +34,7 @@ def run(
     algorithm.update(servers)
     counts: collections.Counter[str] = collections.Counter()
     for n in range(PICKS):
-        picked = algorithm.pick(servers, RequestInfo(f"10.0.{n // 256}.{n % 256}", b"/p%d" % n))
+        picked = algorithm.pick(servers, RequestKeys(f"10.0.{n // 256}.{n % 256}", b"/p%d" % n))
         assert isinstance(picked, Fake)
         counts[picked.name] += 1
         if hold:  # connections held open: what leastconn balances
@@ -56,37 +56,37 @@ def test_smooth_roundrobin_order() -> None:
     algorithm = algorithms.create("roundrobin")
     servers = [Fake("a", 3), Fake("b", 1)]
     algorithm.update(servers)
-    order = [algorithm.pick(servers, RequestInfo("x")).name for _ in range(8)]  # type: ignore[union-attr]
+    order = [algorithm.pick(servers, RequestKeys("x")).name for _ in range(8)]  # type: ignore[union-attr]
     assert order == ["a", "a", "b", "a"] * 2
     static = algorithms.create("static-rr")
-    assert [static.pick(servers, RequestInfo("x")).name for _ in range(4)] == ["a", "a", "a", "b"]  # type: ignore[union-attr]
+    assert [static.pick(servers, RequestKeys("x")).name for _ in range(4)] == ["a", "a", "a", "b"]  # type: ignore[union-attr]
 
 
 def test_leastconn_follows_held_connections() -> None:
     algorithm = algorithms.create("leastconn")
     servers = [Fake("a", active=3), Fake("b", active=1), Fake("c", active=2)]
-    assert algorithm.pick(servers, RequestInfo("x")).name == "b"  # type: ignore[union-attr]
+    assert algorithm.pick(servers, RequestKeys("x")).name == "b"  # type: ignore[union-attr]
     servers[1].active = 5
-    assert algorithm.pick(servers, RequestInfo("x")).name == "c"  # type: ignore[union-attr]
+    assert algorithm.pick(servers, RequestKeys("x")).name == "c"  # type: ignore[union-attr]
     # ties go round-robin
     tied = [Fake("a"), Fake("b")]
-    assert {algorithm.pick(tied, RequestInfo("x")).name for _ in range(4)} == {"a", "b"}  # type: ignore[union-attr]
+    assert {algorithm.pick(tied, RequestKeys("x")).name for _ in range(4)} == {"a", "b"}  # type: ignore[union-attr]
 
 
 def test_first_fills_in_order() -> None:
     servers = [Fake("a"), Fake("b")]
-    assert algorithms.create("first").pick(servers, RequestInfo("x")).name == "a"  # type: ignore[union-attr]
-    assert algorithms.create("first").pick(servers[1:], RequestInfo("x")).name == "b"  # type: ignore[union-attr]
+    assert algorithms.create("first").pick(servers, RequestKeys("x")).name == "a"  # type: ignore[union-attr]
+    assert algorithms.create("first").pick(servers[1:], RequestKeys("x")).name == "b"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
     ("spec", "request_for"),
     [
-        ("source", lambda key: RequestInfo(key)),
-        ("uri", lambda key: RequestInfo("1.2.3.4", f"/{key}?q=1".encode())),
+        ("source", lambda key: RequestKeys(key)),
+        ("uri", lambda key: RequestKeys("1.2.3.4", f"/{key}?q=1".encode())),
         (
             "hdr(X-User)",
-            lambda key: RequestInfo(
+            lambda key: RequestKeys(
                 "1.2.3.4", b"/", lambda name: key.encode() if name == b"x-user" else None
             ),
         ),
@@ -110,9 +110,9 @@ def test_consistent_hashing_moves_about_one_nth(spec: str) -> None:
     remaining = servers[:-1]
     after_algorithm.update(remaining)
 
-    def request(key: int) -> RequestInfo:
+    def request(key: int) -> RequestKeys:
         text = f"key-{key}"
-        return RequestInfo(text, f"/{text}".encode(), lambda name: text.encode())
+        return RequestKeys(text, f"/{text}".encode(), lambda name: text.encode())
 
     moved = 0
     for key in range(PICKS):
@@ -127,7 +127,7 @@ def test_hdr_without_the_header_falls_back_to_roundrobin() -> None:
     algorithm = algorithms.create("hdr(X-User)")
     servers = [Fake("a"), Fake("b")]
     algorithm.update(servers)
-    assert {algorithm.pick(servers, RequestInfo("1.2.3.4")).name for _ in range(4)} == {"a", "b"}  # type: ignore[union-attr]
+    assert {algorithm.pick(servers, RequestKeys("1.2.3.4")).name for _ in range(4)} == {"a", "b"}  # type: ignore[union-attr]
 
 
 def test_random_two_never_picks_the_busier_of_its_draws() -> None:
@@ -144,7 +144,7 @@ def test_random_two_never_picks_the_busier_of_its_draws() -> None:
     algorithm._random.choices = recording  # type: ignore[method-assign]
     servers = [Fake(name, active=n) for n, name in enumerate("abcdef")]
     for _ in range(2000):
-        picked = algorithm.pick(servers, RequestInfo("x"))
+        picked = algorithm.pick(servers, RequestKeys("x"))
         assert picked is not None
         assert picked.active == min(server.active for server in draws[-1])
     assert all(len(drawn) == 2 for drawn in draws)
@@ -181,7 +181,7 @@ def test_plugin_registered_through_an_entry_point(
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "always-last" in algorithms.registry()
     servers = [Fake("a"), Fake("b"), Fake("c")]
-    assert algorithms.create("always-last").pick(servers, RequestInfo("x")).name == "c"  # type: ignore[union-attr]
+    assert algorithms.create("always-last").pick(servers, RequestKeys("x")).name == "c"  # type: ignore[union-attr]
     # and the balancer's settings accept it by name
     from foobar.lb.settings import LbSettings
 
