@@ -352,8 +352,7 @@ class Connection(FlowControlled):
         except Exception:
             log.exception("event=handler_error method=%s target=%r", head.method, head.target)
             if self._direct is request:
-                request.respond(self.error_page(500, ""))
-                self._end()
+                self.respond_directly(request, self.error_page(500, ""), keep_alive=False)
             return events[2:]
         if taken:
             return events[2:]
@@ -519,7 +518,9 @@ class Connection(FlowControlled):
 
     # the fast path
 
-    def respond_directly(self, request: Request, response: Response) -> None:
+    def respond_directly(
+        self, request: Request, response: Response, keep_alive: bool = True
+    ) -> None:
         """Write the answer to the request the fast handler took, in one write, and let
         the task go on with the next request (or end the connection)."""
         if self._direct is not request:
@@ -527,7 +528,7 @@ class Connection(FlowControlled):
         body = response.body
         assert isinstance(body, bytes), "a fast handler answers with a bytes body"
         head = request.head
-        keep_alive = head.keep_alive and not self.state.closing
+        keep_alive = keep_alive and head.keep_alive and not self.state.closing
         lines, length, no_body, _, keep_alive = _response_head(head, response, keep_alive)
         if not no_body and body:
             lines.append(body)
@@ -618,9 +619,10 @@ class Connection(FlowControlled):
         lines, length, no_body, chunked, keep_alive = _response_head(
             request.head, response, keep_alive
         )
-        if transport.is_closing():
-            raise ConnectionClosed("client closed the connection")
         body = response.body
+        if transport.is_closing():
+            await _discard(body)  # a proxied stream must still end: its upstream, its slot
+            raise ConnectionClosed("client closed the connection")
         if isinstance(body, bytes):
             if not no_body and body:
                 lines.append(body)
@@ -880,6 +882,13 @@ def _response_head(
 def _breaks_framing(exc: HTTPError) -> bool:
     """After these the rest of the request cannot be read reliably."""
     return isinstance(exc, ProtocolError | BodyTooLarge | RequestTimeout)
+
+
+async def _discard(body: bytes | AsyncIterable[bytes] | FileBody) -> None:
+    if isinstance(body, FileBody):
+        os.close(body.fd)
+    elif not isinstance(body, bytes):
+        await _close_iterable(body)
 
 
 async def _close_iterable(body: AsyncIterable[bytes]) -> None:

@@ -1,0 +1,122 @@
+"""HTTP mode's fast path (requests answered in callbacks) where it has to hand over to the
+task path: long answers, pooled connections the server closed, clients that leave."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from foobar.http.server import Request, Response, Server
+from tests.conftest import RawClient, start_server
+from tests.lb.conftest import StartLb, address_of, url_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def lb_fields(*servers: str, **backend: object) -> dict[str, object]:
+    return {
+        "frontends": [{"name": "default", "bind": "127.0.0.1:0", "backend": "web"}],
+        "backends": [{"name": "web", "servers": list(servers), "check": None, **backend}],
+    }
+
+
+async def test_long_and_streamed_answers_are_relayed_whole(
+    start_lb: StartLb, servers: list[Server]
+) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the fast path holds
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for n in range(5):
+            await asyncio.sleep(0.01)  # arrives over several reads
+            yield b"%d" % n * 10
+
+    async def upstream(request: Request) -> Response:
+        if request.path == b"/big":
+            return Response(200, [], big)
+        if request.path == b"/stream":
+            return Response(200, [], chunks())
+        return Response(200, [], b"small")
+
+    backend = await start_server(upstream)
+    servers.append(backend)
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{backend.address[1]}"))
+    async with httpx.AsyncClient(base_url=url_of(lb)) as client:
+        for _ in range(3):  # the first request on a connection goes the task path
+            assert (await client.get("/small")).content == b"small"
+            assert (await client.get("/big")).content == big
+            assert (await client.get("/stream")).content == b"".join(
+                b"%d" % n * 10 for n in range(5)
+            )
+    server = lb.balancer.backends["web"].servers[0]
+    assert server.active == 0 and server.counters.requests == 9
+    assert server.pool.connections_made == 1  # handed over and back to the pool each time
+
+
+async def test_a_pooled_connection_the_server_closed_is_retried_on_a_fresh_one(
+    start_lb: StartLb,
+) -> None:
+    """The race every keep-alive pool meets: the server closes an idle connection just as
+    a request is sent on it. Here the backend answers one request per connection and
+    closes it, unanswered, when a second one arrives."""
+    answered = 0
+
+    async def one_per_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal answered
+        await reader.readuntil(b"\r\n\r\n")
+        answered += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    backend = await asyncio.start_server(one_per_connection, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}"))
+    client = await RawClient.connect(address_of(lb))
+    for _ in range(4):
+        await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, _, body = await client.response()
+        assert (status, body) == (200, b"ok")
+    server = lb.balancer.backends["web"].servers[0]
+    assert answered == 4 and server.pool.connections_made == 4
+    assert server.counters.errors_response == 0  # a stale connection is not the server's fault
+    client.close()
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",  # a body: the task
+        b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n",  # callbacks
+    ],
+    ids=["task path", "fast path"],
+)
+async def test_a_client_that_leaves_gives_its_slot_back(
+    start_lb: StartLb, servers: list[Server], request_bytes: bytes
+) -> None:
+    async def slow(request: Request) -> Response:
+        await request.body.read()
+        if request.path == b"/slow":
+            await asyncio.sleep(0.3)
+        return Response(200, [], b"done")
+
+    backend = await start_server(slow)
+    servers.append(backend)
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{backend.address[1]},maxconn=1"))
+    server = lb.balancer.backends["web"].servers[0]
+    client = await RawClient.connect(address_of(lb))
+    await client.send(b"GET /quick HTTP/1.1\r\nHost: a\r\n\r\n")  # readies the pool
+    assert (await client.response())[2] == b"done"
+    await client.send(request_bytes)
+    await asyncio.sleep(0.1)
+    assert server.active == 1
+    client.writer.transport.abort()
+    await asyncio.sleep(0.5)
+    assert server.active == 0
+    async with httpx.AsyncClient(base_url=url_of(lb)) as other:  # the slot serves again
+        assert (await other.get("/quick")).content == b"done"
