@@ -4,6 +4,8 @@ task path: long answers, pooled connections the server closed, clients that leav
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import httpx
@@ -115,7 +117,9 @@ async def test_a_client_that_leaves_gives_its_slot_back(
     await client.send(request_bytes)
     await asyncio.sleep(0.1)
     assert server.active == 1
-    client.writer.transport.abort()
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()  # a reset, not a half-close: the client is gone
     await asyncio.sleep(0.5)
     assert server.active == 0
     async with httpx.AsyncClient(base_url=url_of(lb)) as other:  # the slot serves again
