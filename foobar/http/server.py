@@ -15,7 +15,7 @@ response with the right status for any `HTTPError` the parser or handler raises.
 The fast path: a tier may also give `fast_handler(request) -> bool`, offered each request
 without a body that arrives while its connection is idle. It returns False to leave the
 request to the handler, or takes it and answers from whatever callback it likes with
-`request.respond(response)` (a bytes body), or hands it to the connection's task with
+`request.respond(response)`, or hands it to the connection's task with
 `request.continue_in_task(handler)` once it has to wait in a way callbacks cannot. A
 proxy forwards a GET this way and writes the answer from the upstream protocol's
 callback: no task, future or coroutine per request, which is HAProxy's and nginx's shape
@@ -151,8 +151,12 @@ class Request:
         return hdrs.get(self.head.headers, name)
 
     def respond(self, response: Response) -> None:
-        """Answer a request the fast handler took; the body must be bytes."""
-        self._connection.respond_directly(self, response)
+        """Answer a request the fast handler took. A bytes body goes out at once; one
+        that streams (a file, an iterable) is written by the connection's task."""
+        if isinstance(response.body, bytes):
+            self._connection.respond_directly(self, response)
+        else:
+            self._connection.hand_over(self, _answered_with(response))
 
     def continue_in_task(self, handler: Handler) -> None:
         """Hand a request the fast handler took to the connection's task: `handler`
@@ -526,7 +530,7 @@ class Connection(FlowControlled):
         if self._direct is not request:
             raise RuntimeError("respond() on a request that is not being answered directly")
         body = response.body
-        assert isinstance(body, bytes), "a fast handler answers with a bytes body"
+        assert isinstance(body, bytes), "respond() hands a streamed body to the task"
         head = request.head
         keep_alive = keep_alive and head.keep_alive and not self.state.closing
         lines, length, no_body, _, keep_alive = _response_head(head, response, keep_alive)
@@ -877,6 +881,13 @@ def _response_head(
     else:
         lines.append(b"\r\n")
     return lines, length, no_body, chunked, keep_alive
+
+
+def _answered_with(response: Response) -> Handler:
+    async def handler(request: Request) -> Response:
+        return response
+
+    return handler
 
 
 def _breaks_framing(exc: HTTPError) -> bool:

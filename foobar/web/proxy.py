@@ -9,6 +9,10 @@ with `keepalive`:
 - X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP set,
   hop-by-hop headers dropped, X-Foobar-Web added to the response;
 - bodies streamed both ways with the core's backpressure.
+
+A request without a body takes the fast path when it can (`answer_now`), as in the
+balancer: forwarded on an idle pooled connection and answered from the upstream's
+callback; whatever has to wait goes on in `forward()` from the point it reached.
 """
 
 from __future__ import annotations
@@ -16,14 +20,23 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from foobar.http import headers as hdrs
-from foobar.http.client import IDEMPOTENT, PoolConfig, UpstreamPool, UpstreamResponse, relay_body
+from foobar.http.client import (
+    IDEMPOTENT,
+    PoolConfig,
+    UpstreamConnection,
+    UpstreamPool,
+    relay_body,
+    whole_body,
+)
 from foobar.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from foobar.http.parser import ResponseHead
 from foobar.http.server import Request, Response
 from foobar.settings import HostPort
 
@@ -111,30 +124,101 @@ class UpstreamGroup:
                 str(error),
             )
 
-    async def handle(self, request: Request) -> Response:
-        head = request.head
-        headers = hdrs.forwarding(head.headers, request.client[0], request.scheme)
+    def forwarded_headers(self, request: Request) -> hdrs.Headers:
+        headers = hdrs.forwarding(request.head.headers, request.client[0], request.scheme)
         headers = hdrs.without(headers, (b"x-real-ip", b"x-forwarded-host"))
         headers.append((b"X-Real-IP", request.client[0].encode()))
         host = request.header(b"host")
         if host is not None:
             headers.append((b"X-Forwarded-Host", host))
-        has_body = head.has_body
-        retry_on_answer = head.method in IDEMPOTENT and not has_body
+        return headers
+
+    # the fast path
+
+    def answer_now(self, request: Request) -> bool:
+        """The core's fast handler for a proxied request without a body: sent at once on
+        an idle pooled connection, answered from the upstream's callback. The rest, and
+        whatever has to wait, goes on in `forward()`."""
+        if request.head.has_body:
+            return False
+        attempts = self._candidates()
+        if not attempts:
+            return False
+        headers = self.forwarded_headers(request)
+        head = request.head
+        started = time.monotonic()
+        connection = attempts[0].pool.send_now(head.method, head.target, headers)
+        if connection is None:
+            request.continue_in_task(lambda request: self.forward(request, headers, attempts))
+        else:
+            connection.on_event = lambda: self.answer_arrived(
+                request, headers, attempts, connection, started
+            )
+        return True
+
+    def answer_arrived(
+        self,
+        request: Request,
+        headers: hdrs.Headers,
+        attempts: list[Upstream],
+        connection: UpstreamConnection,
+        started: float,
+    ) -> None:
+        upstream = attempts[0]
+        reply = upstream.pool.take_response(connection)
+        if reply is None:
+            if connection.answer_coming():
+                return
+            connection.on_event = None  # the task path reads on from here
+            sent = (connection, started)
+            request.continue_in_task(lambda request: self.forward(request, headers, attempts, sent))
+            return
+        head, body = reply
+        if self.next_upstream_after(request, upstream, head.status, attempts):
+            request.continue_in_task(lambda request: self.forward(request, headers, attempts[1:]))
+            return
+        self.answered(request, upstream, head.status, started)
+        body, framing = whole_body(head, body)
+        request.respond(self.relay(head, body, framing))
+
+    # the task path
+
+    async def handle(self, request: Request) -> Response:
         attempts = self._candidates()
         if not attempts:
             return self.error(502, "no upstream is available")
+        return await self.forward(request, self.forwarded_headers(request), attempts)
+
+    async def forward(
+        self,
+        request: Request,
+        headers: hdrs.Headers,
+        attempts: list[Upstream],
+        sent: tuple[UpstreamConnection, float] | None = None,
+    ) -> Response:
+        """Try `attempts` in turn by the rules above. The fast path joins with the
+        connection its request was `sent` on (to the first of them) and when."""
+        head = request.head
+        has_body = head.has_body
+        retry_on_answer = head.method in IDEMPOTENT and not has_body
         last_status = 502
         for upstream in attempts:
-            started = time.monotonic()
             try:
-                response = await upstream.pool.request(
-                    head.method,
-                    head.target,
-                    headers,
-                    request.body if has_body else None,
-                    head.content_length,
-                )
+                if sent is not None:
+                    connection, started = sent
+                    sent = None
+                    response = await upstream.pool.response_to(
+                        connection, head.method, head.target, headers
+                    )
+                else:
+                    started = time.monotonic()
+                    response = await upstream.pool.request(
+                        head.method,
+                        head.target,
+                        headers,
+                        request.body if has_body else None,
+                        head.content_length,
+                    )
             except UpstreamConnectError as exc:  # nothing was sent: any method may go on
                 self._failed(upstream, "connect", exc)
                 last_status = exc.status
@@ -147,23 +231,42 @@ class UpstreamGroup:
                 if retry_on_answer and not exc.response_started:
                     continue
                 return self.error(exc.status, str(exc))
-            elapsed = time.monotonic() - started
-            upstream.latency.observe(elapsed)
-            request.upstream.update({"ua": upstream.name, "us": response.status, "urt": elapsed})
-            if response.status == 502 and retry_on_answer and upstream is not attempts[-1]:
+            if self.next_upstream_after(request, upstream, response.status, attempts):
                 await response.aclose()
-                self._failed(upstream, "502", UpstreamError("answered 502"))
                 continue
-            upstream.fails = 0
-            return self.relay(response)
+            self.answered(request, upstream, response.status, started)
+            body, framing = relay_body(response, lambda: None)
+            return self.relay(response.head, body, framing)
         return self.error(last_status, "every upstream failed")
 
-    def relay(self, response: UpstreamResponse) -> Response:
-        headers = hdrs.end_to_end(response.headers)
-        body, framing = relay_body(response, lambda: None)
+    # what both paths share
+
+    def next_upstream_after(
+        self, request: Request, upstream: Upstream, status: int, attempts: list[Upstream]
+    ) -> bool:
+        """nginx's `proxy_next_upstream error timeout http_502`, for a 502: True when the
+        next upstream is to be tried (a request that can be sent again, one left)."""
+        head = request.head
+        if status != 502 or head.method not in IDEMPOTENT or head.has_body:
+            return False
+        if upstream is attempts[-1]:
+            return False
+        self._failed(upstream, "502", UpstreamError("answered 502"))
+        return True
+
+    def answered(self, request: Request, upstream: Upstream, status: int, started: float) -> None:
+        elapsed = time.monotonic() - started
+        upstream.latency.observe(elapsed)
+        request.upstream.update({"ua": upstream.name, "us": status, "urt": elapsed})
+        upstream.fails = 0
+
+    def relay(
+        self, head: ResponseHead, body: bytes | AsyncIterable[bytes], framing: hdrs.Headers
+    ) -> Response:
+        headers = hdrs.end_to_end(head.headers)
         headers += framing
         headers.append((b"X-Foobar-Web", self.name))
-        return Response(response.status, headers, body, response.head.reason)
+        return Response(head.status, headers, body, head.reason)
 
     def error(self, status: int, detail: str) -> Response:
         log.info("event=proxy_error status=%d reason=%r", status, detail)

@@ -50,6 +50,7 @@ class WebServer:
             self.handle,
             ServerConfig(max_body_bytes=settings.client_max_body_size),
             on_response=self.observe,
+            fast_handler=self.answer_now,
         )
         self.admin = Admin(self.health, self.status, self.registry)
 
@@ -62,6 +63,17 @@ class WebServer:
         if self.settings.access_log:
             logs.log_access(exchange)
 
+    def answer_now(self, request: Request) -> bool:
+        """The fast path (see foobar.http.server): files, and proxied requests the proxy
+        can forward at once, answered without a task."""
+        path = request.path
+        if path.startswith(self.prefixes):
+            return self.proxy.answer_now(request)
+        if path == b"/healthz":
+            return False
+        request.respond(self.file(request))
+        return True
+
     async def handle(self, request: Request) -> Response:
         path = request.path
         if path.startswith(self.prefixes):
@@ -71,12 +83,17 @@ class WebServer:
             response = Response(
                 200 if healthy else 503, [(b"Content-Type", b"text/plain")], f"{reason}\n".encode()
             )
-        elif request.method not in ("GET", "HEAD"):
+            response.headers.append((b"X-Foobar-Web", self.name))
+            return response
+        return self.file(request)
+
+    def file(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
             response = error_response(405)
             response.headers.append((b"Allow", b"GET, HEAD"))
         else:
             try:
-                found = await self.static.serve(request)
+                found = self.static.serve(request)
             except BadTarget as exc:
                 found = error_response(400, str(exc))
             response = found or error_response(404)

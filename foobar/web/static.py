@@ -206,8 +206,9 @@ class StaticFiles:
         self._resolved[target_path] = (now + self.cache_valid, path)
         return path
 
-    async def serve(self, request: Request) -> Response | None:
-        """The response for a file, or None when there is no such file (404)."""
+    def serve(self, request: Request) -> Response | None:
+        """The response for a file, or None when there is no such file (404). Nothing
+        here waits (a stat, an open), so the fast path can answer with it."""
         path = self.resolve_cached(request.path)
         if path is None:
             return None

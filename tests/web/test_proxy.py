@@ -102,6 +102,36 @@ async def test_killed_upstream_others_take_over_then_502(
     assert errors is not None and errors >= 1
 
 
+async def test_502_goes_to_the_next_upstream_and_long_answers_stream(
+    start_web: StartWeb, servers: list[Server]
+) -> None:
+    """On a warm keep-alive connection these go the fast path first: a 502 answered in a
+    callback must still move to the next upstream, a long answer must still stream."""
+    big = bytes(range(256)) * 4096
+
+    async def failing(request: Request) -> Response:
+        return Response(502, [], b"bad gateway upstream")
+
+    async def good(request: Request) -> Response:
+        return Response(200, [], big if request.path == b"/api/big" else b"good")
+
+    upstreams = [await start_server(failing), await start_server(good)]
+    servers.extend(upstreams)
+    web = await start_web(
+        upstreams=[f"127.0.0.1:{u.address[1]}" for u in upstreams], max_fails=100
+    )
+    async with httpx.AsyncClient(base_url=url(web)) as client:
+        for _ in range(4):
+            assert (await client.get("/api/x")).content == b"good"
+            assert (await client.get("/api/big")).content == big
+    failed = web.registry.get_sample_value(
+        "foobar_web_upstream_errors_total",
+        {"upstream": web.proxy.upstreams[0].name, "kind": "502"},
+    )
+    assert failed is not None and failed >= 4
+    assert web.proxy.upstreams[1].pool.connections_made == 1
+
+
 async def test_silent_upstream_is_504(start_web: StartWeb, servers: list[Server]) -> None:
     slow = await start_server(named_upstream("slow", delay=5))
     servers.append(slow)
