@@ -18,6 +18,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from foobar.http.limits import MAX_IDLE_CONNECTIONS
 from foobar.lb import algorithms
 from foobar.settings import Address, HostPort, RoleSettings, parse_host_port
 
@@ -92,7 +93,9 @@ class BackendSettings(Model):
     timeout_connect: float = Field(default=5.0, gt=0)
     timeout_server: float = Field(default=50.0, gt=0)
     timeout_queue: float = Field(default=5.0, gt=0)
-    keepalive: int = Field(default=32, ge=0)  # idle server connections kept (http mode)
+    keepalive: int = Field(
+        default=MAX_IDLE_CONNECTIONS, ge=0
+    )  # idle server connections kept (http mode)
 
     @model_validator(mode="after")
     def _valid(self) -> Self:

@@ -50,10 +50,10 @@ class Upstream:
     latency: Any  # its child of foobar_web_upstream_seconds: labels() once, not per request
     fails: int = 0
     down_until: float = 0.0
+    name: str = ""  # str(address), formatted once: the access log names it per request
 
-    @property
-    def name(self) -> str:
-        return str(self.address)
+    def __post_init__(self) -> None:
+        self.name = str(self.address)
 
     def usable(self, now: float) -> bool:
         return now >= self.down_until
@@ -139,8 +139,6 @@ class UpstreamGroup:
         """The core's fast handler for a proxied request without a body: sent at once on
         an idle pooled connection, answered from the upstream's callback. The rest, and
         whatever has to wait, goes on in `forward()`."""
-        if request.head.has_body:
-            return False
         attempts = self._candidates()
         if not attempts:
             return False

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from foobar.http.limits import MAX_IDLE_CONNECTIONS
 from foobar.settings import Address, HostPort, RoleSettings
 
 SITE = Path(__file__).resolve().parent / "site"
@@ -28,7 +29,7 @@ class WebSettings(RoleSettings):
     client_max_body_size: int = Field(default=1024 * 1024, ge=0)
     proxy_connect_timeout: float = Field(default=5.0, gt=0)
     proxy_read_timeout: float = Field(default=60.0, gt=0)
-    keepalive: int = Field(default=32, ge=0)  # idle connections kept per upstream
+    keepalive: int = Field(default=MAX_IDLE_CONNECTIONS, ge=0)  # idle connections kept per upstream
     max_fails: int = Field(default=1, ge=1)
     fail_timeout: float = Field(default=10.0, gt=0)
     # how long file metadata is trusted (nginx open_file_cache_valid)

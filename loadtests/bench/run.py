@@ -279,7 +279,7 @@ class Bench:
             port = free_port()
             upstream = self.backend_ports[0]
             nginx = self.nginx_conf(
-                f"upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n"
+                f"upstream app {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n"
                 f"server {{ listen 127.0.0.1:{port}; location /api/ {{ proxy_pass http://app; "
                 "proxy_http_version 1.1; proxy_set_header Connection ''; } }"
             )
