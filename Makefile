@@ -47,7 +47,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check foobar tests loadtests
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy --strict foobar
+	$(BIN)/mypy --strict foobar loadtests
 
 pytest: $(BIN)/.installed
 	@scripts/system-packages $(TEST_PACKAGES)

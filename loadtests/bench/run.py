@@ -317,8 +317,9 @@ class Bench:
             f'bind = "127.0.0.1:{port}"\nbackend = "b"\ntimeout_http_keep_alive = 600.0\n'
             f'timeout_client = 600.0\n[[lb.backends]]\nname = "b"\n{backends}'
         )
+        url = f"http://127.0.0.1:{port}/"
         with self.backends(), process(python("foobar.lb", "--config", str(config)), port) as pid:
-            before, _ = load(f"http://127.0.0.1:{port}/", pid, self.seconds)
+            before = self.median_load(url, pid)
             idle = subprocess.Popen(
                 # on the load generator's core: it must not take the server's
                 [
@@ -346,24 +347,33 @@ class Bench:
                 rss = (
                     next(float(row.split()[1]) for row in status if row.startswith("VmRSS:")) / 1024
                 )
-                during, _ = load(f"http://127.0.0.1:{port}/", pid, self.seconds)
+                during = self.median_load(url, pid)
             finally:
                 if idle.stdin is not None:
                     idle.stdin.close()
                 idle.wait(30)
+            time.sleep(1)  # the server sees them close
+            after = self.median_load(url, pid)
         result = {
             "held": count,
             "rss_mib": rss,
             "rps_before": before.rps,
             "rps_during": during.rps,
-            "errors": before.errors + during.errors,
+            "rps_after": after.rps,
+            "errors": before.errors + during.errors + after.errors,
         }
         print(
             f"  idle keep-alive             {count} held, RSS {rss:.0f} MiB, "
-            f"{before.rps:.0f} -> {during.rps:.0f} rps",
+            f"{before.rps:.0f} -> {during.rps:.0f} rps, {after.rps:.0f} once released",
             flush=True,
         )
         return result
+
+    def median_load(self, url: str, pid: int) -> Result:
+        """The median (by req/s) of `rounds` runs: one run on this machine is noise."""
+        runs = [load(url, pid, self.seconds)[0] for _ in range(self.rounds)]
+        runs.sort(key=lambda run: run.rps)
+        return runs[len(runs) // 2]
 
     def full_path(self) -> Pair | None:
         """client → lb → web → app → replica, on the site `python -m foobar up` runs."""
@@ -430,7 +440,7 @@ class Bench:
 
 
 def median(results: list[Result], attribute: str) -> float:
-    return statistics.median(getattr(result, attribute) for result in results)
+    return float(statistics.median(getattr(result, attribute) for result in results))
 
 
 def ratio(ours: list[Result], peer: list[Result], attribute: str) -> str:
@@ -500,8 +510,10 @@ def report(bench: Bench, seconds: float, rounds: int, idle: dict[str, float]) ->
         "",
         f"foobar.lb holding {idle['held']:.0f} idle keep-alive connections: RSS "
         f"{idle['rss_mib']:.0f} MiB; other clients got {idle['rps_during']:,.0f} req/s next to "
-        f"them, against {idle['rps_before']:,.0f} without "
-        f"({idle['rps_during'] / idle['rps_before']:.2f}x).",
+        f"them, against {idle['rps_before']:,.0f} before they were opened "
+        f"({idle['rps_during'] / idle['rps_before']:.2f}x) and {idle['rps_after']:,.0f} once "
+        f"they were closed ({idle['rps_after'] / idle['rps_before']:.2f}x); medians of "
+        f"{rounds} runs each.",
     ]
     lines += [
         "",
