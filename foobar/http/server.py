@@ -1,5 +1,5 @@
-"""The HTTP/1.1 server every tier runs: one `Connection` protocol per client connection and
-one task per connection that answers its requests in order.
+"""The HTTP/1.1 server every tier runs: one `Connection` protocol per client connection and,
+once a request needs one, one task per connection that answers its requests in order.
 
 A tier gives a handler, `async def handler(request: Request) -> Response`. The request body
 is read as a stream (`async for chunk in request.body`), the response body may be bytes or
@@ -307,7 +307,10 @@ class Connection(FlowControlled):
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("unix", 0)
         self._head_started = self.loop.time()  # a new connection owes its head at once
         self.state.add(self)
-        self._task = self.loop.create_task(self._serve())
+        # No task yet: one starts when a request (or a timeout, or a close) needs it. A
+        # connection the fast path serves whole never has one.
+        self._waiting_head = True
+        self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -367,6 +370,13 @@ class Connection(FlowControlled):
 
     def wake(self) -> None:
         if self._direct is None:  # the task sleeps while a request is answered in callbacks
+            self._wake_task()
+
+    def _wake_task(self) -> None:
+        """Wake the serving task; start it if the connection has none yet."""
+        if self._task is None:
+            self._task = self.loop.create_task(self._serve())
+        else:
             super().wake()
 
     def _take_preamble(self, data: bytes) -> bytes:
@@ -551,8 +561,10 @@ class Connection(FlowControlled):
             return
         self._waiting_head = True
         self._head_started = self._last_read if self.parser.in_message else None
-        if self.events or self.closed:
-            super().wake()  # pipelined requests, or the client left meanwhile
+        if self.events:
+            self._wake_task()  # pipelined requests
+        elif self.closed:
+            self._closed_by_peer()  # the client half-closed meanwhile
         elif self._timer is None:  # one that is armed fires first and re-arms itself
             self._arm_timer()
 
@@ -565,13 +577,15 @@ class Connection(FlowControlled):
         self.events.appendleft(request.head)
         self.buffered += EVENT_SIZE
         self._waiting_head = True
-        super().wake()
+        self._wake_task()
 
     def _end(self) -> None:
-        """Close once what was written has gone: the task stops, its `_close` closes."""
+        """Close once what was written has gone: the task (if any) stops, then `_close`."""
         self.closed = True
         if self._task is not None:
-            self._task.cancel()
+            self._task.cancel()  # its `finally` closes
+        else:
+            self._close()
 
     # reading
 
@@ -599,7 +613,10 @@ class Connection(FlowControlled):
 
     def _closed_by_peer(self) -> None:
         self.closed = True
-        self.wake()
+        if self._task is None and self._direct is None and not self.events:
+            self._close()  # nothing left to answer, and no task to tell
+        else:
+            self.wake()
 
     # writing
 
