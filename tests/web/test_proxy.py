@@ -117,9 +117,7 @@ async def test_502_goes_to_the_next_upstream_and_long_answers_stream(
 
     upstreams = [await start_server(failing), await start_server(good)]
     servers.extend(upstreams)
-    web = await start_web(
-        upstreams=[f"127.0.0.1:{u.address[1]}" for u in upstreams], max_fails=100
-    )
+    web = await start_web(upstreams=[f"127.0.0.1:{u.address[1]}" for u in upstreams], max_fails=100)
     async with httpx.AsyncClient(base_url=url(web)) as client:
         for _ in range(4):
             assert (await client.get("/api/x")).content == b"good"
