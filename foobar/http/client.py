@@ -108,7 +108,11 @@ class UpstreamConnection(FlowControlled):
     def eof_received(self) -> bool | None:
         self.closed = True
         self.reusable = False
-        self.wake()
+        end = self.parser.finish()  # a body delimited by the close is complete now
+        if end:
+            self.queue(end)  # wakes the reader
+        else:
+            self.wake()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -256,14 +256,26 @@ class RequestParser(_Parser):
 
 class ResponseParser(_Parser):
     """Parses the responses of one upstream connection. Call `expect_head_response()`
-    before the response to a HEAD request: llhttp cannot know it has no body."""
+    before the response to a HEAD request: llhttp cannot know it has no body. Call
+    `finish()` when the connection closes: a body without a length ends there."""
 
     _parser: httptools.HttpResponseParser
 
     def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self._reason = b""
         self._head_response = False
+        self._until_close = False  # the current body has no length: it ends with the close
         super().__init__(max_header_bytes)
+
+    def finish(self) -> list[Event]:
+        """The connection closed. A response with neither Content-Length nor chunked
+        framing ends here (RFC 9112 §6.3); any other message cut short stays incomplete,
+        and its reader sees the connection closed. httptools does not expose llhttp's own
+        `llhttp_finish()`, hence this."""
+        if self._in_body and self._until_close:
+            self._in_body = False
+            return [END]
+        return []
 
     def _new_parser(self) -> httptools.HttpResponseParser:
         return httptools.HttpResponseParser(self)
@@ -284,6 +296,9 @@ class ResponseParser(_Parser):
         parser = self._parser
         chunked, length = self._chunked, self._length
         status = parser.get_status_code()
+        self._until_close = (
+            not chunked and length is None and status >= 200 and status not in (204, 304)
+        )
         self._events.append(
             ResponseHead(
                 status=status,

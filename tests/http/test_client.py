@@ -237,6 +237,32 @@ async def test_reset_mid_body_is_502_with_response_started(pools: list[UpstreamP
         assert caught.value.status == 502 and caught.value.response_started
 
 
+async def test_body_without_length_ends_with_the_close(pools: list[UpstreamPool]) -> None:
+    """RFC 9112 §6.3: neither Content-Length nor chunked, the body runs to the close; a
+    chunked body cut short by the close is still an error."""
+
+    async def until_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await read_request(reader)
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, ")
+            await writer.drain()
+            writer.write(b"until the close")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello")
+
+    server, port = await raw_upstream(until_close)
+    async with server:
+        pool = pool_for(pools, port)
+        response = await pool.request("GET", b"/", HOST)
+        assert await response.read() == b"hello, until the close"
+        cut = await pool.request("GET", b"/", HOST)
+        with pytest.raises(UpstreamClosed):
+            await cut.read()
+        assert pool.idle_count == 0  # neither connection can carry another request
+
+
 async def test_invalid_response_is_502(pools: list[UpstreamPool]) -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)

@@ -90,6 +90,27 @@ async def test_a_pooled_connection_the_server_closed_is_retried_on_a_fresh_one(
     backend.close()
 
 
+async def test_an_answer_that_ends_with_the_close_is_relayed_whole(start_lb: StartLb) -> None:
+    """No Content-Length, not chunked: the body runs until the server closes (RFC 9112
+    §6.3). It used to reach the client as an aborted stream."""
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, until close")
+        writer.close()
+
+    backend = await asyncio.start_server(until_close, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}"))
+    client = await RawClient.connect(address_of(lb))
+    for _ in range(3):
+        await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, _, body = await client.response()
+        assert (status, body) == (200, b"hello, until close")
+    client.close()
+    backend.close()
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
