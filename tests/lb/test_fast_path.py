@@ -49,11 +49,13 @@ async def test_long_and_streamed_answers_are_relayed_whole(
         for _ in range(3):  # the first request on a connection goes the task path
             assert (await client.get("/small")).content == b"small"
             assert (await client.get("/big")).content == big
+            head = await client.head("/big")  # the declared length, and no body
+            assert (head.headers["content-length"], head.content) == (str(len(big)), b"")
             assert (await client.get("/stream")).content == b"".join(
                 b"%d" % n * 10 for n in range(5)
             )
     server = lb.balancer.backends["web"].servers[0]
-    assert server.active == 0 and server.counters.requests == 9
+    assert server.active == 0 and server.counters.requests == 12
     assert server.pool.connections_made == 1  # handed over and back to the pool each time
 
 
@@ -109,6 +111,38 @@ async def test_an_answer_that_ends_with_the_close_is_relayed_whole(start_lb: Sta
         assert (status, body) == (200, b"hello, until close")
     client.close()
     backend.close()
+
+
+async def test_interim_answers_and_a_silent_server_on_a_warm_connection(
+    start_lb: StartLb,
+) -> None:
+    """The second request on a connection goes the fast path; an interim 103 before the
+    answer, and a server that stops answering (504 after timeout_server), both have to go
+    on in the task path from there."""
+    requests = 0
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            requests += 1
+            if b"/silent" in head:
+                continue  # never answered
+            if b"/hints" in head:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}", timeout_server=0.3))
+    client = await RawClient.connect(address_of(lb))
+    for target in (b"/warm", b"/hints", b"/silent", b"/after"):
+        await client.send(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target)
+        status, _, body = await client.response()
+        assert (status, body) == ((504, body) if target == b"/silent" else (200, b"ok"))
+    assert requests == 5  # /silent was sent twice: retried once, as nothing came back
+    client.close()
+    server.close()
 
 
 @pytest.mark.parametrize(
