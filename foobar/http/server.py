@@ -360,6 +360,7 @@ class Connection(FlowControlled):
             log.exception("event=handler_error method=%s target=%r", head.method, head.target)
             if self._direct is request:
                 self.respond_directly(request, self.error_page(500, ""), keep_alive=False)
+                return []  # the connection ends with this answer: nothing after it is read
             return events[2:]
         if taken:
             return events[2:]

@@ -165,7 +165,7 @@ async def test_a_failing_fast_handler_answers_500_and_closes(servers: list[Serve
 
     server = await start(servers, broken)
     client = await connected(server)
-    await client.send(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    await client.send(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /decline HTTP/1.1\r\nHost: a\r\n\r\n")
     status, headers, _ = await client.response()
     assert (status, headers["connection"]) == (500, "close")
     assert await client.closed()
