@@ -536,8 +536,8 @@ class Connection(FlowControlled):
     def respond_directly(
         self, request: Request, response: Response, keep_alive: bool = True
     ) -> None:
-        """Write the answer to the request the fast handler took, in one write, and let
-        the task go on with the next request (or end the connection)."""
+        """Write the answer to the request the fast handler took, in one write; then wait
+        for the next request (pipelined ones go to the task) or end the connection."""
         if self._direct is not request:
             raise RuntimeError("respond() on a request that is not being answered directly")
         body = response.body
