@@ -230,7 +230,8 @@ class UpstreamGroup:
                     continue
                 return self.error(exc.status, str(exc))
             if self.next_upstream_after(request, upstream, response.status, attempts):
-                await response.aclose()
+                if response.take_complete_body() is None:  # all here: the connection stays
+                    await response.aclose()
                 continue
             self.answered(request, upstream, response.status, started)
             body, framing = relay_body(response, lambda: None)

@@ -127,7 +127,8 @@ async def test_502_goes_to_the_next_upstream_and_long_answers_stream(
         {"upstream": web.proxy.upstreams[0].name, "kind": "502"},
     )
     assert failed is not None and failed >= 4
-    assert web.proxy.upstreams[1].pool.connections_made == 1
+    # a 502 read whole leaves its connection open for the next request, as nginx does
+    assert [u.pool.connections_made for u in web.proxy.upstreams] == [1, 1]
 
 
 async def test_silent_upstream_is_504(start_web: StartWeb, servers: list[Server]) -> None:
