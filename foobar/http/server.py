@@ -497,6 +497,7 @@ class Connection(FlowControlled):
             keep_alive = False
         keep_alive = keep_alive and not self.state.closing
         sent, complete = await self._write_response(request, response, keep_alive)
+        self._last_write = self.loop.time()
         if self.on_response is not None:
             self._log_exchange(request, response.status, sent, since)
         if self.events and self.events[0] is END and not request.body.complete:
@@ -550,6 +551,7 @@ class Connection(FlowControlled):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(b"".join(lines))
+        self._last_write = self.loop.time()
         self._direct = None
         self._in_request = False
         self._requests += 1
@@ -777,7 +779,10 @@ class Connection(FlowControlled):
             if self._head_started is not None:
                 deadlines.append((self._head_started + config.request_timeout, "head"))
             else:
-                deadlines.append((self._last_read + config.keepalive_timeout, "idle"))
+                # idle since the last request's bytes or the end of its answer, the later:
+                # a slow answer does not use up the keep-alive time (nginx, HAProxy)
+                idle_since = max(self._last_read, self._last_write)
+                deadlines.append((idle_since + config.keepalive_timeout, "idle"))
         if self._waiting_body:
             deadlines.append((self._last_read + config.body_timeout, "body"))
         if self.drain_waiter is not None:

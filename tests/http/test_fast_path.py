@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from foobar.http.server import Request, Response, Server
+from foobar.http.server import Request, Response, Server, ServerConfig
 from tests.conftest import RawClient
 
 
 async def task_handler(request: Request) -> Response:
     """The ordinary handler: requests the fast handler declined or handed over end here."""
     body = await request.body.read()
+    if request.target.endswith(b"-slow"):
+        await asyncio.sleep(0.5)
     return Response(200, [(b"X-Path", b"task")], request.target + b"|" + body)
 
 
@@ -180,3 +182,21 @@ async def test_graceful_shutdown_waits_for_the_answer(servers: list[Server]) -> 
     status, headers, body = await client.response()
     assert (status, headers["connection"], body) == (200, "close", b"fast")
     await shutdown
+
+
+async def test_keep_alive_idle_time_counts_from_the_answer(servers: list[Server]) -> None:
+    """An answer slower than keepalive_timeout must not make the connection look idle
+    since the request: the idle time counts from the end of the answer (nginx's and
+    HAProxy's keep-alive timeouts do), on both paths, and it still ends the connection."""
+    fast = Later(delay=0.5)
+    server = Server(task_handler, ServerConfig(keepalive_timeout=0.3), fast_handler=fast)
+    await server.start("127.0.0.1", 0)
+    servers.append(server)
+    client = await connected(server)
+    for target in (b"/slow", b"/decline-slow"):  # callbacks, then the task
+        await client.send(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target)
+        assert (await client.response())[0] == 200
+        await asyncio.sleep(0.1)  # well inside the keep-alive time after the answer
+        await client.send(b"GET /decline HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await client.response())[2] == b"/decline|"
+    assert await client.closed(timeout=2)  # and idle after that, it ends
