@@ -15,7 +15,7 @@ async def task_handler(request: Request) -> Response:
     """The ordinary handler: requests the fast handler declined or handed over end here."""
     body = await request.body.read()
     if request.target.endswith(b"-slow"):
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.8)
     return Response(200, [(b"X-Path", b"task")], request.target + b"|" + body)
 
 
@@ -188,8 +188,8 @@ async def test_keep_alive_idle_time_counts_from_the_answer(servers: list[Server]
     """An answer slower than keepalive_timeout must not make the connection look idle
     since the request: the idle time counts from the end of the answer (nginx's and
     HAProxy's keep-alive timeouts do), on both paths, and it still ends the connection."""
-    fast = Later(delay=0.5)
-    server = Server(task_handler, ServerConfig(keepalive_timeout=0.3), fast_handler=fast)
+    fast = Later(delay=0.8)
+    server = Server(task_handler, ServerConfig(keepalive_timeout=0.5), fast_handler=fast)
     await server.start("127.0.0.1", 0)
     servers.append(server)
     client = await connected(server)
