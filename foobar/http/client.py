@@ -12,7 +12,7 @@ answering in the protocols' callbacks (the fast path, see server.py):
     connection = pool.send_now("GET", b"/", headers)   # None: no idle connection
     connection.on_event = check                        # called as bytes arrive or it fails
     reply = pool.take_response(connection)             # (head, body) once all arrived
-    response = await pool.response_to(connection, ...) # or go on in a task from there
+    response = await pool.request(..., sent=connection)  # or go on in a task from there
 
 Like nginx's `keepalive` upstream block: at most `max_idle` idle connections are kept, each
 for `idle_timeout`. A pooled connection the server closed while it sat idle is found out
@@ -326,15 +326,21 @@ class UpstreamPool:
         headers: hdrs.Headers,
         body: bytes | AsyncIterable[bytes] | None = None,
         content_length: int | None = None,
+        *,
+        sent: UpstreamConnection | None = None,
     ) -> UpstreamResponse:
         """Send one request and return once the response head has arrived.
 
         `headers` are sent as given, less the framing fields this client sets itself.
         A streamed `body` is sent with `content_length` when known, chunked otherwise.
+        `sent` is the connection `send_now()` already sent this request on: only its
+        answer is awaited (and, if that connection turns out stale, it is sent again).
         """
-        connection = self._take_idle()
+        connection = sent or self._take_idle()
         if connection is not None:
             try:
+                if sent is not None:
+                    return await self._response(sent)
                 return await self._exchange(
                     connection, method, target, headers, body, content_length
                 )
@@ -351,7 +357,7 @@ class UpstreamPool:
     ) -> UpstreamConnection | None:
         """Send a request without a body on an idle connection, at once; None when there
         is none (or it cannot take the bytes). The caller sets `on_event` and watches
-        for the answer with `take_response()`, or goes on with `response_to()`."""
+        for the answer with `take_response()`, or goes on with `request(..., sent=it)`."""
         connection = self._take_idle()
         if connection is None:
             return None
@@ -383,20 +389,11 @@ class UpstreamPool:
         self.release(connection, head.keep_alive and not events)
         return head, b"".join(chunks)
 
-    async def response_to(
-        self, connection: UpstreamConnection, method: str, target: bytes, headers: hdrs.Headers
-    ) -> UpstreamResponse:
-        """The response to a request `send_now()` sent, awaited in a task; like
-        `request()`, a stale pooled connection is retried once on a fresh one."""
+    async def _response(self, connection: UpstreamConnection) -> UpstreamResponse:
+        """The answer to a request already sent on `connection`, awaited in a task."""
         connection.on_event = None
         try:
             head = await _response_head(connection)
-        except UpstreamClosed as exc:
-            connection.close()
-            if exc.response_started or method not in IDEMPOTENT:
-                raise
-            log.debug("event=stale_connection upstream=%s retry=fresh", self.name)
-            return await self._exchange(await self._connect(), method, target, headers, None, None)
         except BaseException:
             connection.close()
             raise

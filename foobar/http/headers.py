@@ -46,49 +46,41 @@ def without(headers: Headers, names: Iterable[bytes]) -> Headers:
 
 
 _END_TO_END_DROP = HOP_BY_HOP | {b"content-length"}
+_FORWARDING_DROP = _END_TO_END_DROP | {b"x-forwarded-for", b"x-forwarded-proto"}
 
 
 def end_to_end(headers: Headers) -> Headers:
     """`headers` less the hop-by-hop ones, including those the Connection field names, and
-    less Content-Length: the sender rebuilds the framing for the next hop. One pass, as
-    `forwarding()`: it runs for every proxied response."""
+    less Content-Length: the sender rebuilds the framing for the next hop."""
+    return _without_hop_by_hop(headers, _END_TO_END_DROP)[0]
+
+
+def forwarding(headers: Headers, client_ip: str, scheme: str) -> Headers:
+    """End-to-end `headers` with X-Forwarded-For appended and X-Forwarded-Proto set: what
+    a proxy sends on."""
+    kept, previous = _without_hop_by_hop(headers, _FORWARDING_DROP)
+    client = client_ip.encode()
+    kept.append((b"X-Forwarded-For", b", ".join([*previous, client]) if previous else client))
+    kept.append((b"X-Forwarded-Proto", scheme.encode()))
+    return kept
+
+
+def _without_hop_by_hop(headers: Headers, drop: frozenset[bytes]) -> tuple[Headers, list[bytes]]:
+    """`headers` less the `drop` set and the fields Connection names, in one pass (it runs
+    for every proxied message), and the X-Forwarded-For values met on the way."""
     kept: Headers = []
+    forwarded_for: list[bytes] = []
     named: set[bytes] = set()
     for name, value in headers:
         lowered = name.lower()
-        if lowered in _END_TO_END_DROP:
-            if lowered == b"connection":
+        if lowered in drop:
+            if lowered == b"x-forwarded-for":
+                forwarded_for.append(value)
+            elif lowered == b"connection":
                 named.update(part.strip().lower() for part in value.split(b","))
             continue
         kept.append((name, value))
     named -= HOP_BY_HOP
     if named:  # fields the sender declared hop-by-hop in Connection
         kept = [(name, value) for name, value in kept if name.lower() not in named]
-    return kept
-
-
-_FORWARDING_DROP = HOP_BY_HOP | {b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}
-
-
-def forwarding(headers: Headers, client_ip: str, scheme: str) -> Headers:
-    """End-to-end `headers` with X-Forwarded-For appended and X-Forwarded-Proto set: what
-    a proxy sends on. One pass over the headers: it runs for every proxied request."""
-    kept: Headers = []
-    previous: list[bytes] = []
-    named: set[bytes] = set()
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in _FORWARDING_DROP:
-            if lowered == b"x-forwarded-for":
-                previous.append(value)
-            elif lowered == b"connection":
-                named.update(part.strip().lower() for part in value.split(b","))
-            continue
-        kept.append((name, value))
-    named -= HOP_BY_HOP
-    if named:  # fields the client declared hop-by-hop in Connection
-        kept = [(name, value) for name, value in kept if name.lower() not in named]
-    client = client_ip.encode()
-    kept.append((b"X-Forwarded-For", b", ".join([*previous, client]) if previous else client))
-    kept.append((b"X-Forwarded-Proto", scheme.encode()))
-    return kept
+    return kept, forwarded_for

@@ -165,21 +165,16 @@ class HttpFrontend:
                     log.info("event=no_server frontend=%s reason=%r", self.settings.name, str(exc))
                     return self.error(503)
             try:
-                if sent is not None:
-                    connection, started = sent
-                    sent = None
-                    response = await server.pool.response_to(
-                        connection, head.method, head.target, headers
-                    )
-                else:
-                    started = time.monotonic()
-                    response = await server.pool.request(
-                        head.method,
-                        head.target,
-                        headers,
-                        request.body if head.has_body else None,
-                        head.content_length,
-                    )
+                connection, started = sent or (None, time.monotonic())
+                sent = None  # a retry sends afresh
+                response = await server.pool.request(
+                    head.method,
+                    head.target,
+                    headers,
+                    request.body if head.has_body else None,
+                    head.content_length,
+                    sent=connection,
+                )
             except UpstreamConnectError as exc:  # nothing reached the server
                 if backend.connect_failed(server, attempt, str(exc)):
                     attempt += 1

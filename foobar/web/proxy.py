@@ -202,21 +202,16 @@ class UpstreamGroup:
         last_status = 502
         for upstream in attempts:
             try:
-                if sent is not None:
-                    connection, started = sent
-                    sent = None
-                    response = await upstream.pool.response_to(
-                        connection, head.method, head.target, headers
-                    )
-                else:
-                    started = time.monotonic()
-                    response = await upstream.pool.request(
-                        head.method,
-                        head.target,
-                        headers,
-                        request.body if has_body else None,
-                        head.content_length,
-                    )
+                connection, started = sent or (None, time.monotonic())
+                sent = None  # a retry sends afresh
+                response = await upstream.pool.request(
+                    head.method,
+                    head.target,
+                    headers,
+                    request.body if has_body else None,
+                    head.content_length,
+                    sent=connection,
+                )
             except UpstreamConnectError as exc:  # nothing was sent: any method may go on
                 self._failed(upstream, "connect", exc)
                 last_status = exc.status
