@@ -304,34 +304,39 @@ class Bench:
             )
 
     def idle_connections(self, count: int) -> dict[str, float]:
-        """foobar.lb holding `count` idle keep-alive connections: its RSS, and the rate
-        other clients still get next to them."""
-        port = free_port()
+        """foobar.lb holding `count` idle keep-alive connections: its RSS, and the rate other
+        clients get from it, in rounds alternating with an identical balancer that holds none
+        (measured one after the other, a drifting machine made the idle ones look costly or
+        free by turns)."""
         backends = "".join(
             f'[[lb.backends.servers]]\nname = "s{i}"\naddress = "127.0.0.1:{p}"\n'
             for i, p in enumerate(self.backend_ports)
         )
-        config = self.folder / "idle-lb.toml"
-        config.write_text(
-            '[lb]\naccess_log = false\n[[lb.frontends]]\nname = "f"\n'
-            f'bind = "127.0.0.1:{port}"\nbackend = "b"\ntimeout_http_keep_alive = 600.0\n'
-            f'timeout_client = 600.0\n[[lb.backends]]\nname = "b"\n{backends}'
-        )
-        url = f"http://127.0.0.1:{port}/"
-        with self.backends(), process(python("foobar.lb", "--config", str(config)), port) as pid:
-            before = self.median_load(url, pid)
+
+        def balancer(name: str) -> tuple[list[str], int]:
+            port = free_port()
+            config = self.folder / f"{name}-lb.toml"
+            config.write_text(
+                '[lb]\naccess_log = false\n[[lb.frontends]]\nname = "f"\n'
+                f'bind = "127.0.0.1:{port}"\nbackend = "b"\ntimeout_http_keep_alive = 600.0\n'
+                f'timeout_client = 600.0\n[[lb.backends]]\nname = "b"\n{backends}'
+            )
+            return python("foobar.lb", "--config", str(config)), port
+
+        holding_command, port = balancer("holding")
+        quiet_command, quiet_port = balancer("quiet")
+        with (
+            self.backends(),
+            process(holding_command, port) as pid,
+            process(quiet_command, quiet_port) as quiet_pid,
+        ):
             idle = subprocess.Popen(
                 # on the load generator's core: it must not take the server's
                 [
                     "taskset",
                     "-c",
                     LOAD_CORE,
-                    sys.executable,
-                    "-m",
-                    "loadtests.bench.idle",
-                    "127.0.0.1",
-                    str(port),
-                    str(count),
+                    *python("loadtests.bench.idle", "127.0.0.1", str(port), str(count)),
                 ],
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
@@ -347,33 +352,30 @@ class Bench:
                 rss = (
                     next(float(row.split()[1]) for row in status if row.startswith("VmRSS:")) / 1024
                 )
-                during = self.median_load(url, pid)
+                holding: list[Result] = []
+                quiet: list[Result] = []
+                for _ in range(self.rounds):
+                    quiet.append(
+                        load(f"http://127.0.0.1:{quiet_port}/", quiet_pid, self.seconds)[0]
+                    )
+                    holding.append(load(f"http://127.0.0.1:{port}/", pid, self.seconds)[0])
             finally:
                 if idle.stdin is not None:
                     idle.stdin.close()
                 idle.wait(30)
-            time.sleep(1)  # the server sees them close
-            after = self.median_load(url, pid)
         result = {
             "held": count,
             "rss_mib": rss,
-            "rps_before": before.rps,
-            "rps_during": during.rps,
-            "rps_after": after.rps,
-            "errors": before.errors + during.errors + after.errors,
+            "rps_quiet": median(quiet, "rps"),
+            "rps_holding": median(holding, "rps"),
+            "errors": sum(run.errors for run in quiet + holding),
         }
         print(
             f"  idle keep-alive             {count} held, RSS {rss:.0f} MiB, "
-            f"{before.rps:.0f} -> {during.rps:.0f} rps, {after.rps:.0f} once released",
+            f"{result['rps_holding']:.0f} rps next to them, {result['rps_quiet']:.0f} without",
             flush=True,
         )
         return result
-
-    def median_load(self, url: str, pid: int) -> Result:
-        """The median (by req/s) of `rounds` runs: one run on this machine is noise."""
-        runs = [load(url, pid, self.seconds)[0] for _ in range(self.rounds)]
-        runs.sort(key=lambda run: run.rps)
-        return runs[len(runs) // 2]
 
     def full_path(self) -> Pair | None:
         """client → lb → web → app → replica, on the site `python -m foobar up` runs."""
@@ -509,11 +511,10 @@ def report(bench: Bench, seconds: float, rounds: int, idle: dict[str, float]) ->
     lines += [
         "",
         f"foobar.lb holding {idle['held']:.0f} idle keep-alive connections: RSS "
-        f"{idle['rss_mib']:.0f} MiB; other clients got {idle['rps_during']:,.0f} req/s next to "
-        f"them, against {idle['rps_before']:,.0f} before they were opened "
-        f"({idle['rps_during'] / idle['rps_before']:.2f}x) and {idle['rps_after']:,.0f} once "
-        f"they were closed ({idle['rps_after'] / idle['rps_before']:.2f}x); medians of "
-        f"{rounds} runs each.",
+        f"{idle['rss_mib']:.0f} MiB; other clients got {idle['rps_holding']:,.0f} req/s from it, "
+        f"against {idle['rps_quiet']:,.0f} from an identical balancer holding none "
+        f"({idle['rps_holding'] / idle['rps_quiet']:.2f}x); medians of {rounds} alternating "
+        "rounds.",
     ]
     lines += [
         "",
