@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 
@@ -49,10 +51,45 @@ def test_access_line_is_combined_format_plus_times() -> None:
     )
 
 
-def test_setup_routes_access_lines_plainly(capsys: pytest.CaptureFixture[str]) -> None:
+def test_setup_sends_event_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     logs.setup("info")
-    logging.getLogger("foobar.access").info("1.2.3.4 - - plain")
     logging.getLogger("foobar.web").info("event=started")
+    logging.getLogger("foobar.web").debug("event=hidden")
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "1.2.3.4 - - plain"
-    assert err[1].endswith("level=info logger=foobar.web event=started")
+    assert len(err) == 1
+    assert err[0].endswith("level=info logger=foobar.web event=started")
+
+
+async def test_access_lines_are_written_together_within_the_flush_delay() -> None:
+    stream = io.StringIO()
+    log = logs.AccessLog(stream, flush_after=0.2)
+    log.write("first")
+    log.write("second")
+    assert stream.getvalue() == ""  # buffered
+    await asyncio.sleep(0.4)
+    assert stream.getvalue() == "first\nsecond\n"
+    log.write("third")  # a new delay starts with the next line
+    await asyncio.sleep(0.4)
+    assert stream.getvalue() == "first\nsecond\nthird\n"
+
+
+def test_access_lines_are_written_once_the_buffer_fills_and_without_a_loop() -> None:
+    stream = io.StringIO()
+    log = logs.AccessLog(stream, flush_bytes=10)
+    log.write("12345")  # no running loop: nothing would flush later, so now
+    assert stream.getvalue() == "12345\n"
+    stream.truncate(0)
+    stream.seek(0)
+    log.flush()
+    assert stream.getvalue() == ""
+
+
+async def test_a_full_access_buffer_is_written_at_once() -> None:
+    stream = io.StringIO()
+    log = logs.AccessLog(stream, flush_bytes=10, flush_after=60)
+    log.write("12345")
+    assert stream.getvalue() == ""
+    log.write("67890")
+    assert stream.getvalue() == "12345\n67890\n"
+    log.flush()  # nothing left, and the timer is gone
+    assert stream.getvalue() == "12345\n67890\n"
