@@ -88,8 +88,11 @@ class AccessLog:
             text = "\n".join(self._lines)
             self._lines, self._size = [], 0
             stream = self.stream or sys.stderr
-            stream.write(text)
-            stream.flush()
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # stderr closed, or a pipe nobody reads: as logging
+                pass  # does, serving goes on; the lines have nowhere to go
 
 
 access_log = AccessLog()

@@ -93,3 +93,11 @@ async def test_a_full_access_buffer_is_written_at_once() -> None:
     assert stream.getvalue() == "12345\n67890\n"
     log.flush()  # nothing left, and the timer is gone
     assert stream.getvalue() == "12345\n67890\n"
+
+
+def test_a_closed_stream_loses_the_lines_not_the_server() -> None:
+    stream = io.StringIO()
+    stream.close()
+    log = logs.AccessLog(stream)
+    log.write("lost")  # no loop: written at once, into a closed stream
+    log.write("lost too")
