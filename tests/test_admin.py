@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from foobar.admin import Admin, json_response
+from foobar.admin import Admin, PlainCounter, json_response
 from foobar.http.server import Request, Response
 from foobar.settings import HostPort
 
@@ -21,6 +21,9 @@ class Role:
         self.healthy = True
         self.registry = CollectorRegistry()
         self.requests = Counter("foobar_test_requests", "requests", registry=self.registry)
+        self.responses = PlainCounter(
+            "foobar_test_responses", "by status", ["frontend", "status"], self.registry
+        )
 
     async def health(self) -> tuple[bool, str]:
         return (True, "2 of 2 upstreams up") if self.healthy else (False, "no upstream is up")
@@ -56,10 +59,17 @@ async def test_healthz_follows_the_role(admin: tuple[Role, str]) -> None:
 async def test_metrics_in_prometheus_format(admin: tuple[Role, str]) -> None:
     role, url = admin
     role.requests.inc(3)
+    role.responses.values[("www", 200)] += 2
+    role.responses.values[("www", 503)] += 1
     async with httpx.AsyncClient(base_url=url) as client:
         response = await client.get("/metrics")
-    assert response.headers["content-type"].startswith("text/plain; version=")
-    assert "foobar_test_requests_total 3.0" in response.text
+        assert response.headers["content-type"].startswith("text/plain; version=")
+        assert "foobar_test_requests_total 3.0" in response.text
+        assert 'foobar_test_responses_total{frontend="www",status="200"} 2.0' in response.text
+        assert 'foobar_test_responses_total{frontend="www",status="503"} 1.0' in response.text
+        role.responses.values[("www", 200)] += 1  # read again at each scrape
+        response = await client.get("/metrics")
+        assert 'foobar_test_responses_total{frontend="www",status="200"} 3.0' in response.text
 
 
 async def test_status_json_and_extra_route(admin: tuple[Role, str]) -> None:

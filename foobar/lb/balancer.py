@@ -17,9 +17,10 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from foobar import logs
+from foobar.admin import PlainCounter
 from foobar.http.server import Exchange, Server, ServerConfig
 from foobar.lb.health import HealthChecks
 from foobar.lb.http_proxy import HttpFrontend
@@ -81,12 +82,11 @@ class Balancer:
         self.listeners: dict[str, Listener] = {}
         # what the last install replaced, stopped by reload()
         self._retired: tuple[dict[str, Backend], dict[str, HealthChecks]] = ({}, {})
-        self._counters: dict[tuple[str, int], Counter] = {}
-        self.requests = Counter(
+        self.requests = PlainCounter(
             "foobar_lb_requests",
             "HTTP responses by frontend and status",
             ["frontend", "status"],
-            registry=registry,
+            registry,
         )
 
     async def start(self) -> None:
@@ -128,11 +128,7 @@ class Balancer:
         return listener
 
     def _observe(self, frontend: str, exchange: Exchange) -> None:
-        key = (frontend, exchange.status)
-        counter = self._counters.get(key)
-        if counter is None:  # labels() costs a lookup and a lock: once per status
-            counter = self._counters[key] = self.requests.labels(frontend, str(exchange.status))
-        counter.inc()
+        self.requests.values[(frontend, exchange.status)] += 1
         if self.settings.access_log:
             logs.log_access(exchange)
 
