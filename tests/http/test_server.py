@@ -429,3 +429,17 @@ async def test_client_that_never_reads_holds_the_writer_then_is_cut(servers: lis
     assert produced < 200
     await asyncio.sleep(0.2)
     assert not server.state.connections  # cut after send_timeout without progress
+
+
+async def test_header_lookup_ignores_case_and_takes_the_last_value(servers: list[Server]) -> None:
+    async def report(request: Request) -> Response:
+        found = [request.header(name) or b"-" for name in (b"x-a", b"x-b", b"host", b"x-none")]
+        return Response(200, [], b" ".join(found))
+
+    server = await start_server(report)
+    servers.append(server)
+    client = await RawClient.connect(server.address)
+    await client.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-b: 2\r\nX-a: 3\r\n\r\n")
+    status, _, body = await client.response()
+    assert (status, body) == (200, b"3 2 h -")
+    client.close()
