@@ -73,6 +73,18 @@ class PoolConfig:
 class UpstreamConnection(FlowControlled):
     """One connection to an upstream server, used for one request at a time."""
 
+    __slots__ = (
+        "_last_read",
+        "_timer",
+        "error",
+        "idle_since",
+        "on_event",
+        "parser",
+        "pool",
+        "response_started",
+        "reusable",
+    )
+
     def __init__(self, pool: UpstreamPool) -> None:
         config = pool.config
         super().__init__(config.high_water, config.low_water)

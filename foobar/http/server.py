@@ -274,6 +274,35 @@ class Connection(FlowControlled):
     writes responses with flow control. Timeouts share one `call_at` handle that is moved
     only when it fires early, so activity costs a float store, not a timer reset."""
 
+    __slots__ = (
+        "_direct",
+        "_direct_since",
+        "_error",
+        "_handed_over",
+        "_head_started",
+        "_in_request",
+        "_last_read",
+        "_last_write",
+        "_lingering",
+        "_peer_eof",
+        "_proxy_preamble",
+        "_requests",
+        "_task",
+        "_timer",
+        "_timer_at",
+        "_waiting_body",
+        "_waiting_head",
+        "config",
+        "error_page",
+        "fast_handler",
+        "handler",
+        "on_response",
+        "parser",
+        "peer",
+        "scheme",
+        "state",
+    )
+
     def __init__(self, server: Server) -> None:
         config = server.config
         super().__init__(config.high_water, config.low_water)
