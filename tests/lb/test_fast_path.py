@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
 from foobar.http.server import Request, Response, Server
+from foobar.lb.serve import LoadBalancer
 from tests.conftest import RawClient, start_server
 from tests.lb.conftest import StartLb, address_of, url_of
 
@@ -23,6 +24,18 @@ def lb_fields(*servers: str, **backend: object) -> dict[str, object]:
         "frontends": [{"name": "default", "bind": "127.0.0.1:0", "backend": "web"}],
         "backends": [{"name": "web", "servers": list(servers), "check": None, **backend}],
     }
+
+
+async def before_raw_backend(
+    start_lb: StartLb,
+    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    **backend: object,
+) -> tuple[LoadBalancer, asyncio.Server]:
+    """A balancer in front of one plain asyncio server that runs `answer` per connection:
+    for the answers a well-behaved server never gives."""
+    raw = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    return await start_lb(**lb_fields(f"a=127.0.0.1:{port}", **backend)), raw
 
 
 async def test_long_and_streamed_answers_are_relayed_whole(
@@ -77,9 +90,7 @@ async def test_a_pooled_connection_the_server_closed_is_retried_on_a_fresh_one(
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
 
-    backend = await asyncio.start_server(one_per_connection, "127.0.0.1", 0)
-    port = backend.sockets[0].getsockname()[1]
-    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}"))
+    lb, backend = await before_raw_backend(start_lb, one_per_connection)
     client = await RawClient.connect(address_of(lb))
     for _ in range(4):
         await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -101,9 +112,7 @@ async def test_an_answer_that_ends_with_the_close_is_relayed_whole(start_lb: Sta
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, until close")
         writer.close()
 
-    backend = await asyncio.start_server(until_close, "127.0.0.1", 0)
-    port = backend.sockets[0].getsockname()[1]
-    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}"))
+    lb, backend = await before_raw_backend(start_lb, until_close)
     client = await RawClient.connect(address_of(lb))
     for _ in range(3):
         await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -132,9 +141,7 @@ async def test_interim_answers_and_a_silent_server_on_a_warm_connection(
                 writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
-    server = await asyncio.start_server(backend, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}", timeout_server=0.3))
+    lb, server = await before_raw_backend(start_lb, backend, timeout_server=0.3)
     client = await RawClient.connect(address_of(lb))
     for target in (b"/warm", b"/hints", b"/silent", b"/after"):
         await client.send(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target)
