@@ -9,10 +9,10 @@
 A request without a body can also be sent and answered with no task at all, for proxies
 answering in the protocols' callbacks (the fast path, see server.py):
 
-    connection = pool.send_now("GET", b"/", headers)   # None: no idle connection
-    connection.on_event = check                        # called as bytes arrive or it fails
-    reply = pool.take_response(connection)             # (head, body) once all arrived
-    response = await pool.request(..., sent=connection)  # or go on in a task from there
+    pool.send_now("GET", b"/", headers, answered, go_on)
+    # answered(head, body): the whole answer arrived, the connection is back in the pool
+    # go_on(connection or None): it must be read on in a task, with
+    #     await pool.request(..., sent=connection)   (None: nothing was sent, no idle one)
 
 Like nginx's `keepalive` upstream block: at most `max_idle` idle connections are kept, each
 for `idle_timeout`. A pooled connection the server closed while it sat idle is found out
@@ -365,24 +365,44 @@ class UpstreamPool:
         return await self._exchange(connection, method, target, headers, body, content_length)
 
     def send_now(
-        self, method: str, target: bytes, headers: hdrs.Headers
-    ) -> UpstreamConnection | None:
-        """Send a request without a body on an idle connection, at once; None when there
-        is none (or it cannot take the bytes). The caller sets `on_event` and watches
-        for the answer with `take_response()`, or goes on with `request(..., sent=it)`."""
+        self,
+        method: str,
+        target: bytes,
+        headers: hdrs.Headers,
+        answered: Callable[[ResponseHead, bytes], None],
+        go_on: Callable[[UpstreamConnection | None], None],
+    ) -> None:
+        """Send a request without a body on an idle connection, at once, and answer from
+        the connection's callbacks: `answered(head, body)` once the whole final answer is
+        there (the connection back in the pool). Whatever has to wait goes to `go_on`:
+        `go_on(None)` when no idle connection could take it (nothing was sent), and
+        `go_on(connection)` as soon as the answer must be read in a task
+        (`request(..., sent=connection)`): a long or interim answer, a failure, a close."""
         connection = self._take_idle()
-        if connection is None:
-            return None
-        transport = connection.transport
-        if transport is None or transport.is_closing():
+        if connection is not None and (
+            connection.transport is None or connection.transport.is_closing()
+        ):
             self.release(connection, reusable=False)
-            return None
-        connection.started_request(method)
-        transport.write(_request_bytes(method, target, headers, None, None))
-        connection.arm_read_timeout()
-        return connection
+            connection = None
+        if connection is None:
+            go_on(None)
+            return
+        assert connection.transport is not None
 
-    def take_response(self, connection: UpstreamConnection) -> tuple[ResponseHead, bytes] | None:
+        def arrived() -> None:
+            reply = self._take_response(connection)
+            if reply is not None:
+                answered(*reply)
+            elif not connection.answer_coming():
+                connection.on_event = None  # the task reads on from here
+                go_on(connection)
+
+        connection.on_event = arrived
+        connection.started_request(method)
+        connection.transport.write(_request_bytes(method, target, headers, None, None))
+        connection.arm_read_timeout()
+
+    def _take_response(self, connection: UpstreamConnection) -> tuple[ResponseHead, bytes] | None:
         """The final response and its whole body if they have all arrived; the connection
         then goes back to the pool. None while more is to come, and for what the task
         path must handle: an interim 1xx, a failure, a closed connection."""

@@ -86,40 +86,32 @@ class HttpFrontend:
         head = request.head
         headers = hdrs.forwarding(head.headers, request.client[0], request.scheme)
         started = time.monotonic()
-        connection = server.pool.send_now(head.method, head.target, headers)
-        if connection is None:
-            request.continue_in_task(
-                lambda request: self.forward(request, backend, headers, sticky, server)
-            )
-        else:
-            connection.on_event = lambda: self.answer_arrived(
-                request, backend, headers, sticky, server, connection, started
-            )
+        server.pool.send_now(
+            head.method,
+            head.target,
+            headers,
+            lambda reply, body: self.answer_arrived(
+                request, backend, sticky, server, reply, body, started
+            ),
+            lambda sent: request.continue_in_task(
+                lambda request: self.forward(
+                    request, backend, headers, sticky, server, sent, started
+                )
+            ),
+        )
         return True
 
     def answer_arrived(
         self,
         request: Request,
         backend: Backend,
-        headers: hdrs.Headers,
         sticky: Server | None,
         server: Server,
-        connection: UpstreamConnection,
+        head: ResponseHead,
+        body: bytes,
         started: float,
     ) -> None:
-        """Bytes (or a failure) arrived on the connection a fast-path request went on."""
-        reply = server.pool.take_response(connection)
-        if reply is None:
-            if connection.answer_coming():
-                return
-            connection.on_event = None  # the task path reads on from here
-            request.continue_in_task(
-                lambda request: self.forward(
-                    request, backend, headers, sticky, server, (connection, started)
-                )
-            )
-            return
-        head, body = reply
+        """The whole answer to a fast-path request arrived: relay it from the callback."""
         backend.release(server)
         self.answered(request, backend, server, head.status, started)
         body, framing = whole_body(head, body)
@@ -142,11 +134,12 @@ class HttpFrontend:
         headers: hdrs.Headers,
         sticky: Server | None,
         server: Server | None = None,
-        sent: tuple[UpstreamConnection, float] | None = None,
+        sent: UpstreamConnection | None = None,
+        sent_at: float = 0.0,
     ) -> Response:
         """Pick a server, send, retry by the rules above, relay the answer. The fast path
         joins with the `server` it took a slot on and, if it got that far, the connection
-        the request was `sent` on and when."""
+        the request was `sent` on and when (`sent_at`)."""
         head = request.head
         attempt = 0
         retried_answer = False
@@ -165,8 +158,8 @@ class HttpFrontend:
                     log.info("event=no_server frontend=%s reason=%r", self.settings.name, str(exc))
                     return self.error(503)
             try:
-                connection, started = sent or (None, time.monotonic())
-                sent = None  # a retry sends afresh
+                started = sent_at if sent is not None else time.monotonic()
+                connection, sent = sent, None  # a retry sends afresh
                 response = await server.pool.request(
                     head.method,
                     head.target,

@@ -145,13 +145,17 @@ class UpstreamGroup:
         headers = self.forwarded_headers(request)
         head = request.head
         started = time.monotonic()
-        connection = attempts[0].pool.send_now(head.method, head.target, headers)
-        if connection is None:
-            request.continue_in_task(lambda request: self.forward(request, headers, attempts))
-        else:
-            connection.on_event = lambda: self.answer_arrived(
-                request, headers, attempts, connection, started
-            )
+        attempts[0].pool.send_now(
+            head.method,
+            head.target,
+            headers,
+            lambda reply, body: self.answer_arrived(
+                request, headers, attempts, reply, body, started
+            ),
+            lambda sent: request.continue_in_task(
+                lambda request: self.forward(request, headers, attempts, sent, started)
+            ),
+        )
         return True
 
     def answer_arrived(
@@ -159,19 +163,13 @@ class UpstreamGroup:
         request: Request,
         headers: hdrs.Headers,
         attempts: list[Upstream],
-        connection: UpstreamConnection,
+        head: ResponseHead,
+        body: bytes,
         started: float,
     ) -> None:
+        """The whole answer to a fast-path request arrived: relay it from the callback,
+        unless it is a 502 the next upstream should get a chance at."""
         upstream = attempts[0]
-        reply = upstream.pool.take_response(connection)
-        if reply is None:
-            if connection.answer_coming():
-                return
-            connection.on_event = None  # the task path reads on from here
-            sent = (connection, started)
-            request.continue_in_task(lambda request: self.forward(request, headers, attempts, sent))
-            return
-        head, body = reply
         if self.next_upstream_after(request, upstream, head.status, attempts):
             request.continue_in_task(lambda request: self.forward(request, headers, attempts[1:]))
             return
@@ -192,18 +190,19 @@ class UpstreamGroup:
         request: Request,
         headers: hdrs.Headers,
         attempts: list[Upstream],
-        sent: tuple[UpstreamConnection, float] | None = None,
+        sent: UpstreamConnection | None = None,
+        sent_at: float = 0.0,
     ) -> Response:
         """Try `attempts` in turn by the rules above. The fast path joins with the
-        connection its request was `sent` on (to the first of them) and when."""
+        connection its request was `sent` on (to the first of them) and when (`sent_at`)."""
         head = request.head
         has_body = head.has_body
         retry_on_answer = head.method in IDEMPOTENT and not has_body
         last_status = 502
         for upstream in attempts:
             try:
-                connection, started = sent or (None, time.monotonic())
-                sent = None  # a retry sends afresh
+                started = sent_at if sent is not None else time.monotonic()
+                connection, sent = sent, None  # a retry sends afresh
                 response = await upstream.pool.request(
                     head.method,
                     head.target,
