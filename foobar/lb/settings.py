@@ -93,9 +93,8 @@ class BackendSettings(Model):
     timeout_connect: float = Field(default=5.0, gt=0)
     timeout_server: float = Field(default=50.0, gt=0)
     timeout_queue: float = Field(default=5.0, gt=0)
-    keepalive: int = Field(
-        default=MAX_IDLE_CONNECTIONS, ge=0
-    )  # idle server connections kept (http mode)
+    # idle server connections kept (http mode)
+    keepalive: int = Field(default=MAX_IDLE_CONNECTIONS, ge=0)
 
     @model_validator(mode="after")
     def _valid(self) -> Self:
