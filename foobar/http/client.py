@@ -7,11 +7,12 @@
     # the connection went back to the pool when the body ended
 
 A request without a body can also be sent and answered with no task at all, for proxies
-answering in the protocols' callbacks (the fast path, see server.py):
+answering in the protocols' callbacks (the fast path, see server.py and forward.py):
 
-    pool.send_now("GET", b"/", headers, answered, go_on)
-    # answered(head, body): the whole answer arrived, the connection is back in the pool
-    # go_on(connection or None): it must be read on in a task, with
+    pool.send_now(waiter, head)
+    # waiter.answer_arrived(head, raw, body): the whole answer arrived, the connection is
+    #     back in the pool (raw: the answer as received, when it came in one read)
+    # waiter.must_wait(connection or None): it must be read on in a task, with
     #     await pool.request(..., sent=connection)   (None: nothing was sent, no idle one)
 
 Like nginx's `keepalive` upstream block: at most `max_idle` idle connections are kept, each
@@ -31,7 +32,7 @@ import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from foobar.http import headers as hdrs
 from foobar.http import limits
@@ -45,7 +46,7 @@ from foobar.http.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from foobar.http.flow import FlowControlled
+from foobar.http.flow import EVENT_SIZE, FlowControlled
 from foobar.http.parser import END, Event, ResponseHead, ResponseParser
 
 log = logging.getLogger("foobar.http.client")
@@ -57,6 +58,14 @@ _FRAMING_FIELDS: Final = frozenset(
     {b"connection", b"transfer-encoding", b"content-length", b"keep-alive"}
 )
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+class AnswerWaiter(Protocol):
+    """Who waits for the answer to a request `send_now()` sent (forward.ProxyExchange)."""
+
+    def answer_arrived(self, head: ResponseHead, raw: bytes | None, body: bytes) -> None: ...
+
+    def must_wait(self, connection: UpstreamConnection | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +87,11 @@ class UpstreamConnection(FlowControlled):
         "_timer",
         "error",
         "idle_since",
-        "on_event",
         "parser",
         "pool",
         "response_started",
         "reusable",
+        "waiter",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -94,9 +103,8 @@ class UpstreamConnection(FlowControlled):
         self.response_started = False
         self.reusable = True
         self.idle_since: float | None = None  # loop.time() it went back to the pool
-        # Called instead of waking a task when events arrive or the connection fails,
-        # while a request on it is answered in callbacks.
-        self.on_event: Callable[[], None] | None = None
+        # Who is told instead of a task, while a request on it is answered in callbacks.
+        self.waiter: AnswerWaiter | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = self.loop.time()
 
@@ -107,6 +115,7 @@ class UpstreamConnection(FlowControlled):
             self.reusable = False
             self.close()
             return
+        first_read = not self.response_started
         self.response_started = True
         try:
             events = self.parser.feed(data)
@@ -114,8 +123,45 @@ class UpstreamConnection(FlowControlled):
             self.queue(exc.events)
             self._fail(UpstreamProtocolError(f"invalid response from upstream: {exc}"))
             return
-        if events:
-            self.queue(events)
+        waiter = self.waiter
+        if waiter is None:
+            if events:
+                self.queue(events)
+            return
+        self.events.extend(events)  # counted in `buffered` only if a task is to read them
+        if END in events:
+            self._answer(waiter, data if first_read else None)
+        elif sum(len(event) for event in self.events if isinstance(event, bytes)) > (
+            limits.DIRECT_RESPONSE_BYTES
+        ):
+            self._hand_to_task()
+
+    def _answer(self, waiter: AnswerWaiter, raw: bytes | None) -> None:
+        """A message ended while a request is answered in callbacks: pass the final answer
+        on whole (`raw` if it is all the read held), or hand it to a task (an interim
+        1xx, anything after the answer)."""
+        events = self.events
+        head = events[0]
+        if not isinstance(head, ResponseHead) or head.status < 200 or head.status == 101:
+            self._hand_to_task()
+            return
+        events.popleft()
+        chunks = []
+        while (event := events.popleft()) is not END:
+            assert isinstance(event, bytes)
+            chunks.append(event)
+        if events or self.parser.in_message:
+            raw = None  # something after the answer: the connection is not reused either
+        self.waiter = None
+        self.pool.release(self, head.keep_alive and not events)
+        waiter.answer_arrived(head, raw, b"".join(chunks) if len(chunks) != 1 else chunks[0])
+
+    def _hand_to_task(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        assert waiter is not None
+        for event in self.events:  # from now on they count for flow control
+            self.buffered += len(event) if isinstance(event, bytes) else EVENT_SIZE
+        waiter.must_wait(self)
 
     def eof_received(self) -> bool | None:
         self.closed = True
@@ -137,8 +183,8 @@ class UpstreamConnection(FlowControlled):
         self.pool.forget(self)
 
     def wake(self) -> None:
-        if self.on_event is not None:
-            self.on_event()
+        if self.waiter is not None:
+            self._hand_to_task()  # a failure or a close: the task path handles it
         else:
             super().wake()
 
@@ -161,17 +207,6 @@ class UpstreamConnection(FlowControlled):
             await self.wait_for_event()
         return self.pop()
 
-    def answer_coming(self) -> bool:
-        """For a request answered in callbacks: True while its response is still
-        arriving, small so far, and nothing the task path must handle has happened (a
-        failure, a close, an interim 1xx, anything after the response)."""
-        return (
-            self.error is None
-            and not self.closed
-            and self.buffered < limits.DIRECT_RESPONSE_BYTES
-            and END not in self.events
-        )
-
     def started_request(self, method: str) -> None:
         """The read timeout counts from here: the last read was for an earlier request."""
         if method == "HEAD":
@@ -187,7 +222,7 @@ class UpstreamConnection(FlowControlled):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.event_waiter is None and self.on_event is None:
+        if self.event_waiter is None and self.waiter is None:
             return
         deadline = self._last_read + self.pool.config.read_timeout
         if self.loop.time() < deadline:
@@ -364,66 +399,28 @@ class UpstreamPool:
         connection = await self._connect()
         return await self._exchange(connection, method, target, headers, body, content_length)
 
-    def send_now(
-        self,
-        method: str,
-        target: bytes,
-        headers: hdrs.Headers,
-        answered: Callable[[ResponseHead, bytes], None],
-        go_on: Callable[[UpstreamConnection | None], None],
-    ) -> None:
-        """Send a request without a body on an idle connection, at once, and answer from
-        the connection's callbacks: `answered(head, body)` once the whole final answer is
-        there (the connection back in the pool). Whatever has to wait goes to `go_on`:
-        `go_on(None)` when no idle connection could take it (nothing was sent), and
-        `go_on(connection)` as soon as the answer must be read in a task
-        (`request(..., sent=connection)`): a long or interim answer, a failure, a close."""
+    def send_now(self, waiter: AnswerWaiter, method: str, head: bytes) -> None:
+        """Send a request without a body (`head`, framed) on an idle connection at once,
+        and answer from the connection's callbacks: `waiter.answer_arrived()` once the
+        whole final answer is there (the connection back in the pool). Whatever has to
+        wait goes to `waiter.must_wait()`: with None when no idle connection could take
+        it (nothing was sent), with the connection as soon as the answer must be read in
+        a task (`request(..., sent=connection)`): a long or interim answer, a failure,
+        a close."""
         connection = self._take_idle()
-        if connection is not None and (
-            connection.transport is None or connection.transport.is_closing()
-        ):
-            self.release(connection, reusable=False)
-            connection = None
         if connection is None:
-            go_on(None)
+            waiter.must_wait(None)
             return
-        assert connection.transport is not None
-
-        def arrived() -> None:
-            reply = self._take_response(connection)
-            if reply is not None:
-                answered(*reply)
-            elif not connection.answer_coming():
-                connection.on_event = None  # the task reads on from here
-                go_on(connection)
-
-        connection.on_event = arrived
+        transport = connection.transport
+        assert transport is not None
+        connection.waiter = waiter
         connection.started_request(method)
-        connection.transport.write(_request_bytes(method, target, headers, None, None))
+        transport.write(head)
         connection.arm_read_timeout()
-
-    def _take_response(self, connection: UpstreamConnection) -> tuple[ResponseHead, bytes] | None:
-        """The final response and its whole body if they have all arrived; the connection
-        then goes back to the pool. None while more is to come, and for what the task
-        path must handle: an interim 1xx, a failure, a closed connection."""
-        events = connection.events
-        if END not in events:
-            return None
-        head = events[0]
-        if not isinstance(head, ResponseHead) or head.status < 200 or head.status == 101:
-            return None
-        connection.pop()
-        chunks = []
-        while (event := connection.pop()) is not END:
-            assert isinstance(event, bytes)
-            chunks.append(event)
-        connection.on_event = None
-        self.release(connection, head.keep_alive and not events)
-        return head, b"".join(chunks)
 
     async def _response(self, connection: UpstreamConnection) -> UpstreamResponse:
         """The answer to a request already sent on `connection`, awaited in a task."""
-        connection.on_event = None
+        connection.waiter = None
         try:
             head = await _response_head(connection)
         except BaseException:
@@ -466,7 +463,7 @@ class UpstreamPool:
         content_length: int | None,
     ) -> UpstreamResponse:
         streamed = body is not None and not isinstance(body, bytes)
-        request = _request_bytes(method, target, headers, body, content_length)
+        request = request_bytes(method, target, headers, body, content_length)
         connection.started_request(method)
         sender = None
         try:
@@ -491,7 +488,9 @@ class UpstreamPool:
         while self._idle:
             connection = self._idle.pop()  # the most recent: least likely closed by the server
             connection.idle_since = None
-            if connection.reusable and not connection.closed:
+            transport = connection.transport
+            usable = transport is not None and not transport.is_closing()
+            if usable and connection.reusable and not connection.closed:
                 return connection
             connection.close()
         return None
@@ -536,7 +535,7 @@ class UpstreamPool:
             self._idle.pop().close()
 
 
-def _request_bytes(
+def request_bytes(
     method: str,
     target: bytes,
     headers: hdrs.Headers,

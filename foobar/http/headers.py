@@ -40,13 +40,26 @@ def get_all(headers: Headers, name: bytes) -> list[bytes]:
     return [value for key, value in headers if key.lower() == name]
 
 
+def parse_lines(lines: bytes) -> Headers:
+    """Field lines ("Name: value\r\n" each, as a tier writes its added fields once) as
+    a header list."""
+    fields = []
+    for line in lines.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name, value.strip()))
+    return fields
+
+
 def without(headers: Headers, names: Iterable[bytes]) -> Headers:
     drop = frozenset(names)
     return [(key, value) for key, value in headers if key.lower() not in drop]
 
 
+# What a proxy sets on every request it forwards.
+FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 _END_TO_END_DROP = HOP_BY_HOP | {b"content-length"}
-_FORWARDING_DROP = _END_TO_END_DROP | {b"x-forwarded-for", b"x-forwarded-proto"}
+_FORWARDING_DROP = _END_TO_END_DROP | FORWARDING
 
 
 def end_to_end(headers: Headers) -> Headers:

@@ -112,10 +112,13 @@ def error_response(status: int, detail: str = "") -> Response:
 class Request:
     """A request whose head has arrived; its body streams in through `body`."""
 
-    __slots__ = ("_connection", "_fields", "body", "client", "head", "scheme", "upstream")
+    __slots__ = ("_connection", "_fields", "body", "client", "head", "raw", "scheme", "upstream")
 
     def __init__(self, head: RequestHead, connection: Connection) -> None:
         self.head = head
+        # The head as received, when it came alone in one read (the fast path's common
+        # case): a proxy passes it on as it is instead of rebuilding it field by field.
+        self.raw: bytes | None = None
         self._fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
         self.body = RequestBody(head, connection)
         self.client: tuple[str, int] = connection.peer
@@ -164,6 +167,12 @@ class Request:
             self._connection.respond_directly(self, response)
         else:
             self._connection.hand_over(self, _answered_with(response))
+
+    def respond_raw(self, status: int, head: bytes, body: bytes) -> None:
+        """Answer a request the fast handler took with a head already serialised: the
+        status line and field lines, a Content-Length that frames `body` among them, but
+        not the empty line that ends the head: the core adds its framing and that line."""
+        self._connection.respond_raw(self, status, head, body)
 
     def continue_in_task(self, handler: Handler) -> None:
         """Hand a request the fast handler took to the connection's task: `handler`
@@ -358,20 +367,31 @@ class Connection(FlowControlled):
         self._last_read = self.loop.time()
         if self._head_started is None and self._waiting_head:
             self._head_started = self._last_read
+        parser = self.parser
+        read_starts_message = not parser.in_message
         try:
-            events = self.parser.feed(data)
+            events = parser.feed(data)
         except ProtocolError as exc:
             self.queue(exc.events)
             self._fail(exc)
             return
         if events and self.fast_handler is not None and self._direct is None:
-            events = self._offer(events)
+            # `data` is a request's whole head when it held just one bodiless message
+            alone = (
+                read_starts_message
+                and len(events) == 2
+                and not parser.in_message
+                and data.find(b"\r\n\r\n") == len(data) - 4  # no CRLF before or after it
+                and data[:1] != b"\r"
+            )
+            events = self._offer(events, data if alone else None)
         if events:
             self.queue(events)
 
-    def _offer(self, events: list[Event]) -> list[Event]:
+    def _offer(self, events: list[Event], raw: bytes | None) -> list[Event]:
         """Offer the first request to the fast handler if it has no body and the
-        connection is idle; returns the events left for the task."""
+        connection is idle; returns the events left for the task. `raw`: its head as
+        received, when that is all the read held."""
         head = events[0]
         if (
             len(events) < 2
@@ -385,6 +405,7 @@ class Connection(FlowControlled):
             return events
         assert self.fast_handler is not None
         request = Request(head, self)
+        request.raw = raw
         request.body.complete = True
         self._direct = request
         self._direct_since = self._last_read
@@ -587,14 +608,17 @@ class Connection(FlowControlled):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(b"".join(lines))
+        self._answered_directly(request, response.status, 0 if no_body else length or 0, keep_alive)
+
+    def _answered_directly(
+        self, request: Request, status: int, sent: int, keep_alive: bool
+    ) -> None:
         self._last_write = self.loop.time()
         self._direct = None
         self._in_request = False
         self._requests += 1
         if self.on_response is not None:
-            self._log_exchange(
-                request, response.status, 0 if no_body else length or 0, self._direct_since
-            )
+            self._log_exchange(request, status, sent, self._direct_since)
         if not keep_alive:
             self._end()
             return
@@ -606,6 +630,23 @@ class Connection(FlowControlled):
             self._closed_by_peer()  # the client half-closed meanwhile
         elif self._timer is None:  # one that is armed fires first and re-arms itself
             self._arm_timer()
+
+    def respond_raw(self, request: Request, status: int, head: bytes, body: bytes) -> None:
+        """`respond_directly` for a head already serialised (see Request.respond_raw)."""
+        if self._direct is not request:
+            raise RuntimeError("respond() on a request that is not being answered directly")
+        request_head = request.head
+        keep_alive = request_head.keep_alive and not self.state.closing
+        if not keep_alive:
+            end = b"Connection: close\r\n\r\n"
+        elif request_head.version == "1.0":
+            end = b"Connection: keep-alive\r\n\r\n"
+        else:
+            end = b"\r\n"
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join((head, end, body)))
+        self._answered_directly(request, status, len(body), keep_alive)
 
     def hand_over(self, request: Request, handler: Handler) -> None:
         """The task answers the request the fast handler took, with `handler`."""

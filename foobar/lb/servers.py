@@ -54,6 +54,10 @@ class Server:
     ejected_until: float = 0.0
     active: int = 0
     counters: Counters = field(default_factory=Counters)
+    label: str = field(init=False)  # its address, as the access log names it
+
+    def __post_init__(self) -> None:
+        self.label = str(self.settings.address)
 
     @property
     def name(self) -> str:

@@ -1,18 +1,15 @@
 """The reverse proxy to the app servers, as nginx's `proxy_pass` to an `upstream` block
-with `keepalive`:
+with `keepalive`. The forwarding itself (the fast path, the hand-over to a task, attempts,
+relaying with backpressure) is foobar.http.forward's; this module is nginx's rules for it,
+as a `Route`:
 
 - round-robin over the servers; one that failed `max_fails` times is skipped for
   `fail_timeout` (passive checks), and all skipped means 502 at once;
-- the next server is tried after a connect failure (any method: nothing was sent), and
-  after a 502 or a timeout for idempotent requests without a body; never once a byte of
-  the response went to the client;
-- X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP set,
-  hop-by-hop headers dropped, X-Foobar-Web added to the response;
-- bodies streamed both ways with the core's backpressure.
-
-A request without a body takes the fast path when it can (`answer_now`), as in the
-balancer: forwarded on an idle pooled connection and answered from the upstream's
-callback; whatever has to wait goes on in `forward()` from the point it reached.
+- `proxy_next_upstream error timeout http_502`: each server in turn gets one attempt
+  while the engine's retry rule allows it (after a connect failure any request, after an
+  error, a timeout or a 502 an idempotent request without a body);
+- X-Forwarded-For (appended) and X-Forwarded-Proto by the engine, X-Forwarded-Host and
+  X-Real-IP set here, X-Foobar-Web added to the response.
 """
 
 from __future__ import annotations
@@ -20,23 +17,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from foobar.http import headers as hdrs
-from foobar.http.client import (
-    IDEMPOTENT,
-    PoolConfig,
-    UpstreamConnection,
-    UpstreamPool,
-    relay_body,
-    whole_body,
-)
-from foobar.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from foobar.http.parser import ResponseHead
+from foobar.http.client import PoolConfig, UpstreamPool
+from foobar.http.errors import HTTPError
+from foobar.http.forward import STATUS, Forwarder, ProxyExchange
 from foobar.http.server import Request, Response
 from foobar.settings import HostPort
 
@@ -54,6 +42,10 @@ class Upstream:
 
     def __post_init__(self) -> None:
         self.name = str(self.address)
+
+    @property
+    def label(self) -> str:
+        return self.name
 
     def usable(self, now: float) -> bool:
         return now >= self.down_until
@@ -76,6 +68,10 @@ class ProxyMetrics:
 
 
 class UpstreamGroup:
+    """The upstream block: its servers, nginx's rules as the engine's route."""
+
+    replaced_fields = frozenset({b"x-real-ip", b"x-forwarded-host"})
+
     def __init__(
         self,
         addresses: list[HostPort],
@@ -97,7 +93,9 @@ class UpstreamGroup:
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout
         self.name = name.encode()
+        self._added_lines = b"X-Foobar-Web: %s\r\n" % self.name
         self._turn = itertools.count()
+        self.forwarder = Forwarder(self)
 
     def usable(self) -> list[Upstream]:
         now = time.monotonic()
@@ -111,7 +109,7 @@ class UpstreamGroup:
         first = next(self._turn) % len(usable)
         return usable[first:] + usable[:first]
 
-    def _failed(self, upstream: Upstream, kind: str, error: Exception) -> None:
+    def _failed(self, upstream: Upstream, kind: str, reason: str) -> None:
         self.metrics.errors.labels(upstream.name, kind).inc()
         upstream.fails += 1
         if upstream.fails >= self.max_fails:
@@ -121,145 +119,66 @@ class UpstreamGroup:
                 "event=upstream_down upstream=%s for=%.0fs reason=%r",
                 upstream.name,
                 self.fail_timeout,
-                str(error),
+                reason,
             )
 
-    def forwarded_headers(self, request: Request) -> hdrs.Headers:
-        headers = hdrs.forwarding(request.head.headers, request.client[0], request.scheme)
-        headers = hdrs.without(headers, (b"x-real-ip", b"x-forwarded-host"))
-        headers.append((b"X-Real-IP", request.client[0].encode()))
-        host = request.header(b"host")
-        if host is not None:
-            headers.append((b"X-Forwarded-Host", host))
-        return headers
-
-    # the fast path
+    # the core's handlers
 
     def answer_now(self, request: Request) -> bool:
-        """The core's fast handler for a proxied request without a body: sent at once on
-        an idle pooled connection, answered from the upstream's callback. The rest, and
-        whatever has to wait, goes on in `forward()`."""
-        attempts = self._candidates()
-        if not attempts:
-            return False
-        headers = self.forwarded_headers(request)
-        head = request.head
-        started = time.monotonic()
-        attempts[0].pool.send_now(
-            head.method,
-            head.target,
-            headers,
-            lambda reply, body: self.answer_arrived(
-                request, headers, attempts, reply, body, started
-            ),
-            lambda sent: request.continue_in_task(
-                lambda request: self.forward(request, headers, attempts, sent, started)
-            ),
-        )
-        return True
-
-    def answer_arrived(
-        self,
-        request: Request,
-        headers: hdrs.Headers,
-        attempts: list[Upstream],
-        head: ResponseHead,
-        body: bytes,
-        started: float,
-    ) -> None:
-        """The whole answer to a fast-path request arrived: relay it from the callback,
-        unless it is a 502 the next upstream should get a chance at."""
-        upstream = attempts[0]
-        if self.next_upstream_after(request, upstream, head.status, attempts):
-            request.continue_in_task(lambda request: self.forward(request, headers, attempts[1:]))
-            return
-        self.answered(request, upstream, head.status, started)
-        body, framing = whole_body(head, body)
-        request.respond(self.relay(head, body, framing))
-
-    # the task path
+        """The fast handler for a proxied request: see foobar.http.forward."""
+        return self.forwarder.answer_now(request)
 
     async def handle(self, request: Request) -> Response:
-        attempts = self._candidates()
-        if not attempts:
-            return self.error(502, "no upstream is available")
-        return await self.forward(request, self.forwarded_headers(request), attempts)
+        return await self.forwarder.handle(request)
 
-    async def forward(
-        self,
-        request: Request,
-        headers: hdrs.Headers,
-        attempts: list[Upstream],
-        sent: UpstreamConnection | None = None,
-        sent_at: float = 0.0,
-    ) -> Response:
-        """Try `attempts` in turn by the rules above. The fast path joins with the
-        connection its request was `sent` on (to the first of them) and when (`sent_at`)."""
-        head = request.head
-        has_body = head.has_body
-        retry_on_answer = head.method in IDEMPOTENT and not has_body
-        last_status = 502
-        for upstream in attempts:
-            try:
-                started = sent_at if sent is not None else time.monotonic()
-                connection, sent = sent, None  # a retry sends afresh
-                response = await upstream.pool.request(
-                    head.method,
-                    head.target,
-                    headers,
-                    request.body if has_body else None,
-                    head.content_length,
-                    sent=connection,
-                )
-            except UpstreamConnectError as exc:  # nothing was sent: any method may go on
-                self._failed(upstream, "connect", exc)
-                last_status = exc.status
-                continue
-            except UpstreamError as exc:
-                self._failed(
-                    upstream, "timeout" if isinstance(exc, UpstreamTimeout) else "error", exc
-                )
-                last_status = exc.status
-                if retry_on_answer and not exc.response_started:
-                    continue
-                return self.error(exc.status, str(exc))
-            if self.next_upstream_after(request, upstream, response.status, attempts):
-                if response.take_complete_body() is None:  # all here: the connection stays
-                    await response.aclose()
-                continue
-            self.answered(request, upstream, response.status, started)
-            body, framing = relay_body(response, lambda: None)
-            return self.relay(response.head, body, framing)
-        return self.error(last_status, "every upstream failed")
+    # the route
 
-    # what both paths share
+    def plan(self, exchange: ProxyExchange[Upstream]) -> list[Upstream]:
+        """The request's upstreams in the order they get an attempt."""
+        plan = exchange.plan
+        if plan is None:
+            plan = exchange.plan = self._candidates()
+        return plan  # type: ignore[return-value]
 
-    def next_upstream_after(
-        self, request: Request, upstream: Upstream, status: int, attempts: list[Upstream]
-    ) -> bool:
-        """nginx's `proxy_next_upstream error timeout http_502`, for a 502: True when the
-        next upstream is to be tried (a request that can be sent again, one left)."""
-        head = request.head
-        if status != 502 or head.method not in IDEMPOTENT or head.has_body:
-            return False
-        if upstream is attempts[-1]:
-            return False
-        self._failed(upstream, "502", UpstreamError("answered 502"))
+    def pick_now(self, exchange: ProxyExchange[Upstream]) -> Upstream | None:
+        plan = self.plan(exchange)
+        return plan[0] if plan else None
+
+    async def pick(self, exchange: ProxyExchange[Upstream]) -> Upstream:
+        plan = self.plan(exchange)
+        if exchange.attempt >= len(plan):
+            raise HTTPError("no upstream is available", 502)
+        return plan[exchange.attempt]
+
+    def may_retry(self, exchange: ProxyExchange[Upstream], kind: str) -> bool:
+        return exchange.attempt < len(self.plan(exchange))
+
+    def failed(
+        self, exchange: ProxyExchange[Upstream], upstream: Upstream, kind: str, reason: str
+    ) -> None:
+        self._failed(upstream, "502" if kind == STATUS else kind, reason)
+
+    def answered(self, exchange: ProxyExchange[Upstream], upstream: Upstream, status: int) -> bool:
+        if (
+            status == 502
+            and exchange.replayable
+            and exchange.attempt + 1 < len(self.plan(exchange))
+        ):
+            return False  # `proxy_next_upstream http_502`: the next upstream's turn
+        upstream.latency.observe(time.monotonic() - exchange.started)
+        upstream.fails = 0
         return True
 
-    def answered(self, request: Request, upstream: Upstream, status: int, started: float) -> None:
-        elapsed = time.monotonic() - started
-        upstream.latency.observe(elapsed)
-        request.upstream.update({"ua": upstream.name, "us": status, "urt": elapsed})
-        upstream.fails = 0
+    def release(self, exchange: ProxyExchange[Upstream], upstream: Upstream) -> None:
+        pass  # nginx's upstreams have no slots here: `max_conns` is not built
 
-    def relay(
-        self, head: ResponseHead, body: bytes | AsyncIterable[bytes], framing: hdrs.Headers
-    ) -> Response:
-        headers = hdrs.end_to_end(head.headers)
-        headers += framing
-        headers.append((b"X-Foobar-Web", self.name))
-        return Response(head.status, headers, body, head.reason)
+    def request_fields(self, request: Request) -> bytes:
+        host = request.header(b"host")
+        real_ip = b"X-Real-IP: %s\r\n" % request.client[0].encode()
+        return real_ip if host is None else real_ip + b"X-Forwarded-Host: %s\r\n" % host
+
+    def response_fields(self, exchange: ProxyExchange[Upstream], upstream: Upstream) -> bytes:
+        return self._added_lines
 
     def error(self, status: int, detail: str) -> Response:
         log.info("event=proxy_error status=%d reason=%r", status, detail)
