@@ -9,6 +9,10 @@ from __future__ import annotations
 # (tune.bufsize); Node: 16 KiB. 16 KiB admits real browsers with big cookies.
 MAX_HEADER_BYTES = 16 * 1024
 
+# Header fields in one head, whatever their size. HAProxy: 101 (tune.http.maxhdr);
+# Apache: 100 (LimitRequestFields). Each is a Python object kept while the request lives.
+MAX_HEADER_FIELDS = 100
+
 # Request body. nginx's client_max_body_size is 1 MiB; the core's default is larger because
 # the balancer must pass uploads through, and each tier sets its own.
 MAX_BODY_BYTES = 64 * 1024 * 1024

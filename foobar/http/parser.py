@@ -21,6 +21,7 @@ connection must be closed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
@@ -28,7 +29,7 @@ import httptools
 
 from foobar.http import headers as hdrs
 from foobar.http.errors import HeadersTooLarge, ProtocolError, VersionNotSupported
-from foobar.http.limits import MAX_HEADER_BYTES
+from foobar.http.limits import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 
 
 class EndOfMessage:
@@ -71,6 +72,9 @@ class ResponseHead:
 Event = RequestHead | ResponseHead | bytes | EndOfMessage
 
 SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
+# reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 def complete_messages(events: list[Event]) -> list[Event]:
@@ -85,15 +89,13 @@ def complete_messages(events: list[Event]) -> list[Event]:
 class _Parser:
     """What requests and responses share: collecting the head, counting its size."""
 
-    def __init__(self, max_header_bytes: int) -> None:
+    def __init__(self, max_header_bytes: int, max_header_fields: int) -> None:
         self.max_header_bytes = max_header_bytes
+        self.max_header_fields = max_header_fields
         self._events: list[Event] = []
-        self._headers: hdrs.Headers = []
-        self._chunked = False  # the current message's framing, noted by on_header
-        self._length: int | None = None
-        self._expect: bytes | None = None
-        self._head_size = 0  # bytes of the head counted by the callbacks
+        self._fed = 0  # bytes given to the current feed()
         self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
+        self._next_head()
         self._in_head = False
         self._in_body = False
         self._refusal: ProtocolError | None = None
@@ -109,6 +111,7 @@ class _Parser:
 
     def feed(self, data: bytes) -> list[Event]:
         events = self._events = []
+        self._fed = len(data)
         continuing_head = self._in_head
         try:
             self._parser.feed_data(data)
@@ -155,31 +158,40 @@ class _Parser:
         self._refusal = error
         raise error
 
-    def _count(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.max_header_bytes:
-            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
+    def _next_head(self) -> None:
+        """Ready for the next message's head (on_message_begin is left with one line:
+        every callback is a Python call per message)."""
+        self._headers: hdrs.Headers = []
+        self._chunked = False  # the message's framing, noted by on_header
+        self._length: int | None = None
+        self._expect: bytes | None = None
+        self._hosts: list[bytes] = []  # Host values, checked once the head is complete
+        self._raw_head_size = 0
+
+    def _check_size(self, start_line: int) -> None:
+        """The header-size limit. A head that began and ended in one read no larger than
+        the limit is within it: only a larger read, or a head over several, is counted."""
+        if self._raw_head_size or self._fed > self.max_header_bytes:
+            size = start_line + sum(len(name) + len(value) + 4 for name, value in self._headers)
+            if size > self.max_header_bytes:
+                self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
+        if len(self._headers) > self.max_header_fields:
+            self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_size = self._raw_head_size = 0
-        self._headers = []
-        self._chunked = False
-        self._length = None
-        self._expect = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4  # _count(), inlined: once per field
-        if self._head_size > self.max_header_bytes:
-            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
         self._headers.append((name, value))
-        # The framing fields, noted as they pass; the length test spares a lower() for
-        # every other field.
-        if len(name) in (6, 14, 17):
+        # The fields the core looks at, noted as they pass; the length test spares a
+        # lower() for every other field.
+        if len(name) in (4, 6, 14, 17):
             lowered = name.lower()
-            if lowered == b"content-length":
+            if lowered == b"host":
+                self._hosts.append(value)
+            elif lowered == b"content-length":
                 self._length = int(value)  # llhttp has checked the digits and duplicates
             elif lowered == b"transfer-encoding":
                 self._chunked = True  # llhttp has checked that it ends in `chunked`
@@ -208,29 +220,40 @@ class _Parser:
 class RequestParser(_Parser):
     _parser: httptools.HttpRequestParser
 
-    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
-        self._target = b""
-        super().__init__(max_header_bytes)
+    def __init__(
+        self,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_header_fields: int = MAX_HEADER_FIELDS,
+    ) -> None:
+        super().__init__(max_header_bytes, max_header_fields)
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         return httptools.HttpRequestParser(self)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
+    def _next_head(self) -> None:
+        super()._next_head()
         self._target = b""
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
         self._target += url
 
     def on_headers_complete(self) -> None:
         version = self._head_complete()
+        self._check_size(len(self._target) + 14)  # "GET " ... " HTTP/1.1\r\n" at least
         parser = self._parser
         chunked, length = self._chunked, self._length
         if chunked and version == "1.0":
             # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
             # treat the framing as faulty and close; refusing is the safe reading.
             self._refuse(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
+        hosts = self._hosts
+        if len(hosts) != 1:
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; two could
+            # route the request one way here and another way behind us.
+            if hosts or version == "1.1":
+                self._refuse(ProtocolError(f"{len(hosts)} Host fields in the request"))
+        elif _HOST.fullmatch(hosts[0]) is None:
+            self._refuse(ProtocolError(f"invalid Host {hosts[0]!r}"))
         expect = self._expect
         self._events.append(
             RequestHead(
@@ -246,6 +269,7 @@ class RequestParser(_Parser):
                 ),
             )
         )
+        self._next_head()
 
     def _check_upgrade(self, events: list[Event]) -> None:
         if self._parser.get_method() == b"CONNECT":
@@ -261,11 +285,14 @@ class ResponseParser(_Parser):
 
     _parser: httptools.HttpResponseParser
 
-    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
-        self._reason = b""
+    def __init__(
+        self,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_header_fields: int = MAX_HEADER_FIELDS,
+    ) -> None:
         self._head_response = False
         self._until_close = False  # the current body has no length: it ends with the close
-        super().__init__(max_header_bytes)
+        super().__init__(max_header_bytes, max_header_fields)
 
     def finish(self) -> list[Event]:
         """The connection closed. A response with neither Content-Length nor chunked
@@ -283,16 +310,16 @@ class ResponseParser(_Parser):
     def expect_head_response(self) -> None:
         self._head_response = True
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
+    def _next_head(self) -> None:
+        super()._next_head()
         self._reason = b""
 
     def on_status(self, reason: bytes) -> None:
-        self._count(len(reason))
         self._reason += reason
 
     def on_headers_complete(self) -> None:
         version = self._head_complete()
+        self._check_size(len(self._reason) + 15)  # "HTTP/1.1 200 " ... "\r\n"
         parser = self._parser
         chunked, length = self._chunked, self._length
         status = parser.get_status_code()
@@ -310,6 +337,7 @@ class ResponseParser(_Parser):
                 content_length=length,
             )
         )
+        self._next_head()
         if self._head_response and status >= 200:
             # The response ends with its head. Bytes after it would be a response to a
             # request never sent; the connection is not reused (see client.py).

@@ -52,6 +52,7 @@ log = logging.getLogger("foobar.http.server")
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     max_header_bytes: int = limits.MAX_HEADER_BYTES
+    max_header_fields: int = limits.MAX_HEADER_FIELDS
     max_body_bytes: int = limits.MAX_BODY_BYTES
     request_timeout: float = limits.REQUEST_TIMEOUT
     keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
@@ -322,7 +323,7 @@ class Connection(FlowControlled):
         self.on_response = server.on_response
         self.error_page = server.error_page
         self.scheme = server.scheme
-        self.parser = RequestParser(config.max_header_bytes)
+        self.parser = RequestParser(config.max_header_bytes, config.max_header_fields)
         self.peer: tuple[str, int] = ("", 0)
         self._error: HTTPError | None = None
         self._peer_eof = False
