@@ -43,7 +43,7 @@ def test_access_line_is_combined_format_plus_times() -> None:
     )[0]
     assert isinstance(head, RequestHead)
     request = Request(head, FakeConnection())  # type: ignore[arg-type]
-    request.upstream.update({"ua": "10.0.0.3:8000", "urt": "0.003"})
+    request.upstream = {"ua": "10.0.0.3:8000", "urt": "0.003"}
     line = logs.access_line(Exchange(request, 200, 512, 1_764_172_253.0, 0.0042))
     assert line == (
         '192.0.2.7 - - [26/Nov/2025:15:50:53 +0000] "GET /api/posts?limit=2 HTTP/1.1" 200 512 '

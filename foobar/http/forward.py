@@ -245,10 +245,11 @@ class ProxyExchange(Generic[T]):
         if not self.forwarder.route.answered(self, target, status) and self.replayable:
             self._attempt_failed(target, STATUS, f"answered {status}", False)
             return False
-        upstream = self.request.upstream
-        upstream["ua"] = target.label
-        upstream["us"] = status
-        upstream["urt"] = time.monotonic() - self.started
+        self.request.upstream = {
+            "ua": target.label,
+            "us": status,
+            "urt": time.monotonic() - self.started,
+        }
         return True
 
     def _attempt_failed(self, target: T, kind: str, reason: str, response_started: bool) -> bool:
@@ -324,16 +325,7 @@ class Forwarder(Generic[T]):
             and self._rebuilt_fields.search(raw) is None
         ):
             return b"".join(
-                (
-                    raw[:-2],
-                    b"X-Forwarded-For: ",
-                    request.client[0].encode(),
-                    b"\r\nX-Forwarded-Proto: ",
-                    request.scheme.encode(),
-                    b"\r\n",
-                    self.route.request_fields(request),
-                    b"\r\n",
-                )
+                (raw[:-2], request.forwarding_fields, self.route.request_fields(request), b"\r\n")
             )
         head = request.head
         return request_bytes(head.method, head.target, self.request_fields(request), None, None)

@@ -97,17 +97,14 @@ class _Parser:
         self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
         self._next_head()
         self._in_head = False
-        self._in_body = False
+        # True from a message's first byte to its end (a plain attribute: the server
+        # asks on every read)
+        self.in_message = False
         self._refusal: ProtocolError | None = None
         self._parser = self._new_parser()
 
     def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         raise NotImplementedError  # pragma: no cover - both subclasses define it
-
-    @property
-    def in_message(self) -> bool:
-        """True while a message has started and not ended: bytes of it were received."""
-        return self._in_head or self._in_body
 
     def feed(self, data: bytes) -> list[Event]:
         events = self._events = []
@@ -181,7 +178,7 @@ class _Parser:
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._in_head = True
+        self._in_head = self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -202,17 +199,16 @@ class _Parser:
         self._events.append(body)
 
     def on_message_complete(self) -> None:
-        self._in_body = False
+        self.in_message = False
         self._events.append(END)
 
     def _head_complete(self) -> str:
         """Mark the head done and return its HTTP version, refusing all but 1.0 and 1.1."""
         self._in_head = False
-        self._in_body = True
         version: str = self._parser.get_http_version()
-        if version == "0.9":  # llhttp's reading of a start line with no version
-            self._refuse(ProtocolError("start line without an HTTP version"))
         if version not in SUPPORTED_VERSIONS:
+            if version == "0.9":  # llhttp's reading of a start line with no version
+                self._refuse(ProtocolError("start line without an HTTP version"))
             self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
         return version
 
@@ -299,8 +295,8 @@ class ResponseParser(_Parser):
         framing ends here (RFC 9112 §6.3); any other message cut short stays incomplete,
         and its reader sees the connection closed. httptools does not expose llhttp's own
         `llhttp_finish()`, hence this."""
-        if self._in_body and self._until_close:
-            self._in_body = False
+        if self.in_message and not self._in_head and self._until_close:
+            self.in_message = False
             return [END]
         return []
 
@@ -342,6 +338,6 @@ class ResponseParser(_Parser):
             # The response ends with its head. Bytes after it would be a response to a
             # request never sent; the connection is not reused (see client.py).
             self._head_response = False
-            self._in_body = False
+            self.in_message = False
             self._events.append(END)
             self._parser = self._new_parser()

@@ -29,9 +29,10 @@ import email.utils
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, Final
 
 from foobar.http import headers as hdrs
@@ -113,20 +114,34 @@ def error_response(status: int, detail: str = "") -> Response:
 class Request:
     """A request whose head has arrived; its body streams in through `body`."""
 
-    __slots__ = ("_connection", "_fields", "body", "client", "head", "raw", "scheme", "upstream")
+    __slots__ = ("_connection", "_fields", "body", "head", "raw", "upstream")
 
-    def __init__(self, head: RequestHead, connection: Connection) -> None:
+    def __init__(
+        self, head: RequestHead, connection: Connection, body: RequestBody | None = None
+    ) -> None:
         self.head = head
+        self.body = RequestBody(head, connection) if body is None else body
         # The head as received, when it came alone in one read (the fast path's common
         # case): a proxy passes it on as it is instead of rebuilding it field by field.
         self.raw: bytes | None = None
-        self._fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
-        self.body = RequestBody(head, connection)
-        self.client: tuple[str, int] = connection.peer
-        self.scheme = connection.scheme
         # what a proxying handler tells the access log (ua, urt...), formatted only if logged
-        self.upstream: dict[str, object] = {}
+        self.upstream: Mapping[str, object] = _NO_UPSTREAM
+        self._fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
         self._connection = connection
+
+    @property
+    def client(self) -> tuple[str, int]:
+        return self._connection.peer
+
+    @property
+    def scheme(self) -> str:
+        return self._connection.scheme
+
+    @property
+    def forwarding_fields(self) -> bytes:
+        """X-Forwarded-For and X-Forwarded-Proto as a proxy adds them to a request that
+        has neither, as field lines: the same for every request on a connection."""
+        return self._connection.forwarding_fields()
 
     @property
     def client_ip(self) -> str:
@@ -187,18 +202,19 @@ class RequestBody:
 
     __slots__ = ("_connection", "_expect_continue", "complete", "received")
 
-    def __init__(self, head: RequestHead, connection: Connection) -> None:
+    def __init__(self, head: RequestHead | None, connection: Connection | None) -> None:
         self._connection = connection
-        self._expect_continue = head.expect_continue and head.has_body
+        self._expect_continue = head is not None and head.expect_continue and head.has_body
         self.received = 0
         # False even without a body: the parser's END for it is still queued.
-        self.complete = False
+        self.complete = head is None
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body, or None at its end."""
         if self.complete:
             return None
         connection = self._connection
+        assert connection is not None
         if self._expect_continue:
             self._expect_continue = False
             connection.send_continue()
@@ -224,6 +240,12 @@ class RequestBody:
         """The client waits for `100 Continue` that was never sent: its body may or may
         not follow, so the connection cannot be reused."""
         return self._expect_continue and not self.complete
+
+
+# The body of every request the fast path takes: none, already complete. Shared: nothing
+# writes to a complete body.
+NO_BODY: Final = RequestBody(None, None)
+_NO_UPSTREAM: Final[Mapping[str, object]] = MappingProxyType({})
 
 
 class ServerState:
@@ -288,6 +310,7 @@ class Connection(FlowControlled):
         "_direct",
         "_direct_since",
         "_error",
+        "_forwarding_fields",
         "_handed_over",
         "_head_started",
         "_in_request",
@@ -325,6 +348,7 @@ class Connection(FlowControlled):
         self.scheme = server.scheme
         self.parser = RequestParser(config.max_header_bytes, config.max_header_fields)
         self.peer: tuple[str, int] = ("", 0)
+        self._forwarding_fields: bytes | None = None
         self._error: HTTPError | None = None
         self._peer_eof = False
         self._lingering = False
@@ -365,67 +389,76 @@ class Connection(FlowControlled):
             data = self._take_preamble(data)
             if not data:
                 return
-        self._last_read = self.loop.time()
-        if self._head_started is None and self._waiting_head:
-            self._head_started = self._last_read
+        now = self._last_read = self.loop.time()
         parser = self.parser
         read_starts_message = not parser.in_message
+        if read_starts_message and self._waiting_head and self._head_started is None:
+            self._head_started = now
         try:
             events = parser.feed(data)
         except ProtocolError as exc:
             self.queue(exc.events)
             self._fail(exc)
             return
-        if events and self.fast_handler is not None and self._direct is None:
-            # `data` is a request's whole head when it held just one bodiless message
+        if (
+            len(events) > 1
+            and events[1] is END
+            and self._waiting_head
+            and self.fast_handler is not None
+            and not self.events
+            and self.drain_waiter is None
+            and not self.state.closing
+        ):
+            # the read held just this request's head: a proxy may pass it on as it is
             alone = (
                 read_starts_message
                 and len(events) == 2
                 and not parser.in_message
                 and data.find(b"\r\n\r\n") == len(data) - 4  # no CRLF before or after it
-                and data[:1] != b"\r"
             )
-            events = self._offer(events, data if alone else None)
+            if self._offer(events[0], data if alone else None):
+                if len(events) == 2 or self.closed:
+                    return
+                events = events[2:]
         if events:
             self.queue(events)
 
-    def _offer(self, events: list[Event], raw: bytes | None) -> list[Event]:
-        """Offer the first request to the fast handler if it has no body and the
-        connection is idle; returns the events left for the task. `raw`: its head as
-        received, when that is all the read held."""
-        head = events[0]
-        if (
-            len(events) < 2
-            or events[1] is not END
-            or not isinstance(head, RequestHead)
-            or not self._waiting_head
-            or self.events
-            or self.drain_waiter is not None
-            or self.state.closing
-        ):
-            return events
-        assert self.fast_handler is not None
-        request = Request(head, self)
+    def _offer(self, head: Event, raw: bytes | None) -> bool:
+        """Offer a request without a body that arrived while the connection was idle to
+        the fast handler; True when it took it. `raw`: its head as received."""
+        assert isinstance(head, RequestHead) and self.fast_handler is not None
+        request = Request(head, self, NO_BODY)
         request.raw = raw
-        request.body.complete = True
         self._direct = request
         self._direct_since = self._last_read
         self._in_request = True
         self._waiting_head = False
         try:
-            taken = self.fast_handler(request)
+            if self.fast_handler(request):
+                return True
         except Exception:
             log.exception("event=handler_error method=%s target=%r", head.method, head.target)
             if self._direct is request:
+                # the connection ends with this answer: nothing after it is read
                 self.respond_directly(request, self.error_page(500, ""), keep_alive=False)
-                return []  # the connection ends with this answer: nothing after it is read
-            return events[2:]
-        if taken:
-            return events[2:]
+            return True
         self._direct = None
         self._in_request = False
         self._waiting_head = True
-        return events
+        return False
+
+    def forwarding_fields(self) -> bytes:
+        """See Request.forwarding_fields: made once per connection."""
+        fields = self._forwarding_fields
+        if fields is None:
+            fields = self._forwarding_fields = (
+                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+                % (
+                    self.peer[0].encode(),
+                    self.scheme.encode(),
+                )
+            )
+        return fields
 
     def wake(self) -> None:
         if self._direct is None:  # the task sleeps while a request is answered in callbacks
