@@ -488,9 +488,7 @@ class UpstreamPool:
         while self._idle:
             connection = self._idle.pop()  # the most recent: least likely closed by the server
             connection.idle_since = None
-            transport = connection.transport
-            usable = transport is not None and not transport.is_closing()
-            if usable and connection.reusable and not connection.closed:
+            if connection.reusable:  # false once it closed, failed, or the server closed it
                 return connection
             connection.close()
         return None

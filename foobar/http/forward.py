@@ -135,28 +135,18 @@ class ProxyExchange(Generic[T]):
     """One request on its way through the proxy: what both paths share, so the fast path
     can stop anywhere and the task path go on from there."""
 
-    __slots__ = (
-        "attempt",
-        "failed",
-        "forwarder",
-        "plan",
-        "replays",
-        "request",
-        "sent",
-        "started",
-        "target",
-    )
+    # Class-level defaults: a request answered on the fast path sets only what it uses.
+    attempt = 0  # attempts made before the current one
+    replays = 0  # of them, the ones after the request had reached a server
+    failed: T | None = None  # the target the previous attempt failed on
+    sent: UpstreamConnection | None = None  # sent on by the fast path, not yet answered
+    started = 0.0  # time.monotonic() when the current attempt began
+    plan: object = None  # the route's own state for this request
 
-    def __init__(self, forwarder: Forwarder[T], request: Request) -> None:
+    def __init__(self, forwarder: Forwarder[T], request: Request, target: T | None = None) -> None:
         self.forwarder = forwarder
         self.request = request
-        self.attempt = 0  # attempts made before the current one
-        self.replays = 0  # of them, the ones after the request had reached a server
-        self.target: T | None = None  # the current attempt's, its slot taken
-        self.failed: T | None = None  # the one the previous attempt failed on
-        self.sent: UpstreamConnection | None = None  # sent on by the fast path, unanswered
-        self.started = 0.0  # time.monotonic() when the current attempt began
-        self.plan: object = None  # the route's own state for this request
+        self.target = target  # the current attempt's, its slot taken
 
     @property
     def replayable(self) -> bool:
@@ -303,10 +293,9 @@ class Forwarder(Generic[T]):
 
     def answer_now(self, request: Request) -> bool:
         exchange = ProxyExchange(self, request)
-        target = self.route.pick_now(exchange)
+        target = exchange.target = self.route.pick_now(exchange)
         if target is None:
             return False
-        exchange.target = target
         exchange.started = time.monotonic()
         target.pool.send_now(exchange, request.head.method, self.head_bytes(request))
         return True

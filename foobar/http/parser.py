@@ -166,14 +166,22 @@ class _Parser:
         self._raw_head_size = 0
 
     def _check_size(self, start_line: int) -> None:
-        """The header-size limit. A head that began and ended in one read no larger than
-        the limit is within it: only a larger read, or a head over several, is counted."""
-        if self._raw_head_size or self._fed > self.max_header_bytes:
-            size = start_line + sum(len(name) + len(value) + 4 for name, value in self._headers)
-            if size > self.max_header_bytes:
-                self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
+        """The header limits, for a head that may be over them (`_may_be_too_large`)."""
+        size = start_line + sum(len(name) + len(value) + 4 for name, value in self._headers)
+        if size > self.max_header_bytes:
+            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
         if len(self._headers) > self.max_header_fields:
             self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
+
+    @property
+    def _may_be_too_large(self) -> bool:
+        """A head that began and ended in one read no larger than the size limit is within
+        it: only a larger read, or a head over several, is counted."""
+        return (
+            self._raw_head_size > 0
+            or self._fed > self.max_header_bytes
+            or len(self._headers) > self.max_header_fields
+        )
 
     # httptools callbacks
 
@@ -235,7 +243,8 @@ class RequestParser(_Parser):
 
     def on_headers_complete(self) -> None:
         version = self._head_complete()
-        self._check_size(len(self._target) + 14)  # "GET " ... " HTTP/1.1\r\n" at least
+        if self._may_be_too_large:
+            self._check_size(len(self._target) + 14)  # "GET " ... " HTTP/1.1\r\n" at least
         parser = self._parser
         chunked, length = self._chunked, self._length
         if chunked and version == "1.0":
@@ -315,7 +324,8 @@ class ResponseParser(_Parser):
 
     def on_headers_complete(self) -> None:
         version = self._head_complete()
-        self._check_size(len(self._reason) + 15)  # "HTTP/1.1 200 " ... "\r\n"
+        if self._may_be_too_large:
+            self._check_size(len(self._reason) + 15)  # "HTTP/1.1 200 " ... "\r\n"
         parser = self._parser
         chunked, length = self._chunked, self._length
         status = parser.get_status_code()

@@ -164,7 +164,7 @@ class Balancer:
             if listener is not None and listener.same_socket(frontend):
                 listener.settings = frontend
                 if listener.http is not None:
-                    listener.http.settings = frontend
+                    listener.http.configure(frontend)
                 keep[frontend.name] = listener
             else:
                 if listener is not None:

@@ -54,16 +54,11 @@ class HttpFrontend:
         self.balancer = balancer
         self.name = balancer.settings.name.encode()
         self.forwarder = Forwarder(self)
+        self.configure(settings)
+
+    def configure(self, settings: FrontendSettings) -> None:
+        """At start and on reload: the fields added to every answer are made here."""
         self.settings = settings
-
-    @property
-    def settings(self) -> FrontendSettings:
-        return self._settings
-
-    @settings.setter
-    def settings(self, settings: FrontendSettings) -> None:
-        """A reload may change them: the fields added to every answer are made here."""
-        self._settings = settings
         fields = [(b"X-Foobar-LB", self.name)]
         if settings.hsts_max_age is not None and settings.tls_cert is not None:
             fields.append((b"Strict-Transport-Security", b"max-age=%d" % settings.hsts_max_age))
@@ -87,6 +82,8 @@ class HttpFrontend:
     # the route
 
     def plan(self, exchange: ProxyExchange[Server]) -> Plan:
+        """The request's plan, made when its first server is picked; every later hook
+        reads `exchange.plan` as it is."""
         plan = exchange.plan
         if plan is None:
             backend = self.balancer.backends[self.settings.backend]  # per request: reloads
@@ -113,7 +110,8 @@ class HttpFrontend:
             raise
 
     def may_retry(self, exchange: ProxyExchange[Server], kind: str) -> bool:
-        backend, _ = self.plan(exchange)
+        plan: Plan = exchange.plan  # type: ignore[assignment]
+        backend = plan[0]
         server = exchange.failed
         assert server is not None
         if exchange.attempt > backend.settings.retries or exchange.replays:
@@ -127,7 +125,8 @@ class HttpFrontend:
     def failed(
         self, exchange: ProxyExchange[Server], server: Server, kind: str, reason: str
     ) -> None:
-        backend, _ = self.plan(exchange)
+        plan: Plan = exchange.plan  # type: ignore[assignment]
+        backend = plan[0]
         backend.failed(server, "connect" if kind == CONNECT else "response")
         log.warning(
             "event=server_failed backend=%s server=%s kind=%s reason=%r",
@@ -138,7 +137,8 @@ class HttpFrontend:
         )
 
     def answered(self, exchange: ProxyExchange[Server], server: Server, status: int) -> bool:
-        backend, _ = self.plan(exchange)
+        plan: Plan = exchange.plan  # type: ignore[assignment]
+        backend = plan[0]
         server.counters.requests += 1
         if status >= 500:
             backend.failed(server, "response")
@@ -147,14 +147,16 @@ class HttpFrontend:
         return True
 
     def release(self, exchange: ProxyExchange[Server], server: Server) -> None:
-        backend, _ = self.plan(exchange)
+        plan: Plan = exchange.plan  # type: ignore[assignment]
+        backend = plan[0]
         backend.release(server)
 
     def request_fields(self, request: Request) -> bytes:
         return b""
 
     def response_fields(self, exchange: ProxyExchange[Server], server: Server) -> bytes:
-        backend, sticky = self.plan(exchange)
+        plan: Plan = exchange.plan  # type: ignore[assignment]
+        backend, sticky = plan
         cookie = backend.settings.cookie
         if cookie is None or sticky is server:
             return self._added_lines

@@ -54,14 +54,14 @@ class Server:
     ejected_until: float = 0.0
     active: int = 0
     counters: Counters = field(default_factory=Counters)
-    label: str = field(init=False)  # its address, as the access log names it
+    # plain attributes, read on every request: its name, and its address as the access
+    # log names it
+    name: str = field(init=False)
+    label: str = field(init=False)
 
     def __post_init__(self) -> None:
+        self.name = self.settings.name
         self.label = str(self.settings.address)
-
-    @property
-    def name(self) -> str:
-        return self.settings.name
 
     @property
     def usable(self) -> bool:
