@@ -120,8 +120,13 @@ class UpstreamConnection(FlowControlled):
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
-            self.queue(exc.events)
+            # Nothing of what came before the fault is relayed either: a server that
+            # sends garbage, even after a complete answer, has lost the framing.
             self._fail(UpstreamProtocolError(f"invalid response from upstream: {exc}"))
+            return
+        in_message = self.parser.in_message
+        if (len(events) > 3 or in_message) and _after_final_answer(events, in_message):
+            self._fail(UpstreamProtocolError("upstream sent bytes after its response"))
             return
         waiter = self.waiter
         if waiter is None:
@@ -153,7 +158,7 @@ class UpstreamConnection(FlowControlled):
         if events or self.parser.in_message:
             raw = None  # something after the answer: the connection is not reused either
         self.waiter = None
-        self.pool.release(self, head.keep_alive and not events)
+        self.pool.release(self, head.keep_alive and not self.parser.surplus)
         waiter.answer_arrived(head, raw, b"".join(chunks) if len(chunks) != 1 else chunks[0])
 
     def _hand_to_task(self) -> None:
@@ -189,7 +194,10 @@ class UpstreamConnection(FlowControlled):
             super().wake()
 
     def _fail(self, error: UpstreamError) -> None:
+        """The connection is broken: its reader gets `error` before anything queued."""
         error.response_started = self.response_started
+        self.events.clear()
+        self.buffered = 0
         self.error = error
         self.reusable = False
         self.close()
@@ -242,6 +250,19 @@ class UpstreamConnection(FlowControlled):
         self.reusable = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+def _after_final_answer(events: list[Event], in_message: bool) -> bool:
+    """Do `events` (and a message begun after them, `in_message`) go on after a final,
+    non-1xx, response ended? A server sends one answer per request; more is a desync
+    (response splitting), and what came with it is not to be trusted or relayed."""
+    final = False
+    for index, event in enumerate(events):
+        if isinstance(event, ResponseHead):
+            final = event.status >= 200
+        elif event is END and final:
+            return index + 1 < len(events) or in_message
+    return False
 
 
 class UpstreamResponse:
@@ -310,7 +331,7 @@ class UpstreamResponse:
     def _release(self) -> None:
         connection, self._connection = self._connection, None
         assert connection is not None
-        reusable = self.head.keep_alive and not connection.events
+        reusable = self.head.keep_alive and not connection.parser.surplus
         if self._sender is not None:
             if not self._sender.done():
                 reusable = False  # the server answered before taking the whole body

@@ -297,7 +297,15 @@ class ResponseParser(_Parser):
     ) -> None:
         self._head_response = False
         self._until_close = False  # the current body has no length: it ends with the close
+        self.surplus = False  # bytes came after a response to HEAD
+        self._dropped: list[Event] = []
         super().__init__(max_header_bytes, max_header_fields)
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = super().feed(data)
+        if self._dropped:
+            self.surplus = True
+        return events
 
     def finish(self) -> list[Event]:
         """The connection closed. A response with neither Content-Length nor chunked
@@ -345,9 +353,11 @@ class ResponseParser(_Parser):
         )
         self._next_head()
         if self._head_response and status >= 200:
-            # The response ends with its head. Bytes after it would be a response to a
-            # request never sent; the connection is not reused (see client.py).
+            # The response ends with its head. What llhttp reads after it in this feed
+            # (a body some servers wrongly send to HEAD) is dropped, and the connection
+            # is not reused (`surplus`, see client.py).
             self._head_response = False
             self.in_message = False
             self._events.append(END)
+            self._events = self._dropped = []
             self._parser = self._new_parser()
