@@ -27,6 +27,12 @@ KEEPALIVE_TIMEOUT = 15.0
 # Silence between two reads of a request body. nginx client_body_timeout: 60 s.
 BODY_TIMEOUT = 60.0
 
+# A request body trickled in: body_timeout only bounds the silence between reads, so one
+# byte a minute never ends. Apache's mod_reqtimeout: body=20,MinRate=500; HAProxy bounds
+# the whole request with `timeout http-request`. After body_timeout, 500 bytes/s on
+# average (a 1 MiB upload may take 35 minutes, a 64 MiB one 37 hours): generous.
+BODY_MIN_RATE = 500.0
+
 # A peer that does not read what we send. nginx send_timeout: 60 s.
 SEND_TIMEOUT = 60.0
 

@@ -58,6 +58,7 @@ class ServerConfig:
     request_timeout: float = limits.REQUEST_TIMEOUT
     keepalive_timeout: float = limits.KEEPALIVE_TIMEOUT
     body_timeout: float = limits.BODY_TIMEOUT
+    body_min_rate: float = limits.BODY_MIN_RATE
     send_timeout: float = limits.SEND_TIMEOUT
     high_water: int = limits.HIGH_WATER
     low_water: int = limits.LOW_WATER
@@ -200,12 +201,13 @@ class RequestBody:
     """The body of one request, chunk by chunk: `async for chunk in body`, or
     `await body.read()` for a body small enough to hold (bounded by `max_body_bytes`)."""
 
-    __slots__ = ("_connection", "_expect_continue", "complete", "received")
+    __slots__ = ("_connection", "_expect_continue", "complete", "received", "waited")
 
     def __init__(self, head: RequestHead | None, connection: Connection | None) -> None:
         self._connection = connection
         self._expect_continue = head is not None and head.expect_continue and head.has_body
         self.received = 0
+        self.waited = 0.0  # seconds spent waiting for the client to send more of it
         # False even without a body: the parser's END for it is still queued.
         self.complete = head is None
 
@@ -218,7 +220,7 @@ class RequestBody:
         if self._expect_continue:
             self._expect_continue = False
             connection.send_continue()
-        event = await connection.next_event(waiting_for_body=True)
+        event = await connection.next_event(self)
         if event is END:
             self.complete = True
             return None
@@ -307,6 +309,7 @@ class Connection(FlowControlled):
     only when it fires early, so activity costs a float store, not a timer reset."""
 
     __slots__ = (
+        "_body_wait_started",
         "_direct",
         "_direct_since",
         "_error",
@@ -367,7 +370,8 @@ class Connection(FlowControlled):
         self._last_read = self._last_write = self.loop.time()
         self._head_started: float | None = None  # first byte of an incomplete head
         self._waiting_head = False
-        self._waiting_body = False
+        self._waiting_body: RequestBody | None = None  # the body a read waits for
+        self._body_wait_started = 0.0
 
     # asyncio callbacks
 
@@ -703,19 +707,23 @@ class Connection(FlowControlled):
 
     # reading
 
-    async def next_event(self, waiting_for_body: bool = False) -> Event:
-        """The next parsed event, waiting for it with the right timeout running."""
+    async def next_event(self, body: RequestBody | None = None) -> Event:
+        """The next parsed event, waiting for it with the right timeouts running: those of
+        a request head, or those of `body` when it is for a request body."""
         while not self.events:
             if self._error is not None:
                 raise self._error
             if self.closed:
                 raise ConnectionClosed("client closed the connection")
-            self._waiting_body = waiting_for_body
+            self._waiting_body = body
+            started = self._body_wait_started = self.loop.time()
             self._arm_timer()
             try:
                 await self.wait_for_event()
             finally:
-                self._waiting_body = False
+                self._waiting_body = None
+                if body is not None:
+                    body.waited += self.loop.time() - started
         return self.pop()
 
     def _fail(self, exc: HTTPError) -> None:
@@ -894,8 +902,15 @@ class Connection(FlowControlled):
                 # a slow answer does not use up the keep-alive time (nginx, HAProxy)
                 idle_since = max(self._last_read, self._last_write)
                 deadlines.append((idle_since + config.keepalive_timeout, "idle"))
-        if self._waiting_body:
+        body = self._waiting_body
+        if body is not None:
             deadlines.append((self._last_read + config.body_timeout, "body"))
+            if config.body_min_rate > 0:
+                # a minimum rate, as Apache's mod_reqtimeout: after `body_timeout`, each
+                # byte received buys 1/rate s more; only the time spent waiting for the
+                # client counts, not the time the handler took to read on
+                allowed = config.body_timeout + body.received / config.body_min_rate
+                deadlines.append((self._body_wait_started + allowed - body.waited, "rate"))
         if self.drain_waiter is not None:
             deadlines.append((self._last_write + config.send_timeout, "send"))
         return min(deadlines) if deadlines else None
@@ -928,6 +943,9 @@ class Connection(FlowControlled):
             self._fail(RequestTimeout("request head not received in time"))
         elif kind == "body":
             self._fail(RequestTimeout("request body not received in time"))
+        elif kind == "rate":
+            rate = self.config.body_min_rate
+            self._fail(RequestTimeout(f"request body slower than {rate:.0f} bytes/s"))
         else:
             log.info("event=send_timeout peer=%s", self.peer[0])
             if self.transport is not None:

@@ -109,6 +109,7 @@ class Balancer:
                     request_timeout=frontend.timeout_http_request,
                     keepalive_timeout=frontend.timeout_http_keep_alive,
                     body_timeout=frontend.timeout_client,
+                    body_min_rate=frontend.body_min_rate,
                     send_timeout=frontend.timeout_client,
                     accept_proxy=frontend.accept_proxy,
                 ),

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from foobar.http.limits import MAX_IDLE_CONNECTIONS
+from foobar.http.limits import BODY_MIN_RATE, MAX_IDLE_CONNECTIONS
 from foobar.lb import algorithms
 from foobar.settings import Address, HostPort, RoleSettings, parse_host_port
 
@@ -117,6 +117,8 @@ class FrontendSettings(Model):
     hsts_max_age: int | None = Field(default=None, ge=0)
     accept_proxy: bool = False
     timeout_client: float = Field(default=50.0, gt=0)
+    # a request body slower than this on average after timeout_client (bytes/s; 0: off)
+    body_min_rate: float = Field(default=BODY_MIN_RATE, ge=0)
     timeout_http_request: float = Field(default=10.0, gt=0)
     timeout_http_keep_alive: float = Field(default=10.0, gt=0)
 

@@ -47,7 +47,10 @@ class WebServer:
         self.prefixes = tuple(prefix.encode() for prefix in settings.proxy_prefixes)
         self.server = Server(
             self.handle,
-            ServerConfig(max_body_bytes=settings.client_max_body_size),
+            ServerConfig(
+                max_body_bytes=settings.client_max_body_size,
+                body_min_rate=settings.client_body_min_rate,
+            ),
             on_response=self.observe,
             fast_handler=self.answer_now,
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from foobar.http.limits import MAX_IDLE_CONNECTIONS
+from foobar.http.limits import BODY_MIN_RATE, MAX_IDLE_CONNECTIONS
 from foobar.settings import Address, HostPort, RoleSettings
 
 SITE = Path(__file__).resolve().parent / "site"
@@ -27,6 +27,8 @@ class WebSettings(RoleSettings):
 
     # nginx's defaults, under nginx's names
     client_max_body_size: int = Field(default=1024 * 1024, ge=0)
+    # nginx has no such bound (client_body_timeout is between reads); Apache's MinRate
+    client_body_min_rate: float = Field(default=BODY_MIN_RATE, ge=0)
     proxy_connect_timeout: float = Field(default=5.0, gt=0)
     proxy_read_timeout: float = Field(default=60.0, gt=0)
     keepalive: int = Field(default=MAX_IDLE_CONNECTIONS, ge=0)  # idle connections kept per upstream

@@ -309,6 +309,40 @@ async def test_slow_body_gets_408(servers: list[Server]) -> None:
     assert await client.closed()
 
 
+async def test_a_trickled_body_is_cut_at_the_minimum_rate(servers: list[Server]) -> None:
+    """One byte every 50 ms never trips body_timeout (0.5 s between reads); at 100
+    bytes/s minimum after it, the body must be done within 0.5 s + bytes/100 s of waiting:
+    the trickle (20 bytes/s) falls behind after ~0.6 s."""
+    server = await start_server(echo, ServerConfig(body_timeout=0.5, body_min_rate=100))
+    servers.append(server)
+    client = await RawClient.connect(server.address)
+    await client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = asyncio.ensure_future(client.response(timeout=5))
+    for _ in range(100):  # 5 s of trickle at most
+        if response.done():
+            break
+        with contextlib.suppress(ConnectionError):
+            await client.send(b"x")
+        await asyncio.sleep(0.05)
+    status, _, body = await response
+    assert status == 408 and b"slower than 100 bytes/s" in body
+    assert 0.5 < loop.time() - started < 2.0
+
+
+async def test_a_steady_body_at_the_minimum_rate_is_read_whole(servers: list[Server]) -> None:
+    server = await start_server(echo, ServerConfig(body_timeout=0.3, body_min_rate=100))
+    servers.append(server)
+    client = await RawClient.connect(server.address)
+    await client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200\r\n\r\n")
+    for _ in range(10):  # 200 bytes in 0.5 s: 400 bytes/s
+        await client.send(b"y" * 20)
+        await asyncio.sleep(0.05)
+    status, _, body = await client.response(timeout=2)
+    assert (status, body) == (200, b"/|" + b"y" * 200)
+
+
 async def test_idle_keep_alive_connection_closes_quietly(servers: list[Server]) -> None:
     server = await start_server(echo, ServerConfig(keepalive_timeout=0.3))
     servers.append(server)
