@@ -45,6 +45,7 @@ from foobar.http.errors import (
     RequestTimeout,
 )
 from foobar.http.flow import EVENT_SIZE, FlowControlled
+from foobar.http.listener import Listener
 from foobar.http.parser import END, Event, RequestHead, RequestParser
 
 log = logging.getLogger("foobar.http.server")
@@ -64,6 +65,8 @@ class ServerConfig:
     low_water: int = limits.LOW_WATER
     # every connection starts with a PROXY protocol preamble (HAProxy's accept-proxy)
     accept_proxy: bool = False
+    # open connections at most (HAProxy's maxconn); None: derived from the open-files limit
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,7 @@ class ServerState:
 
     def __init__(self) -> None:
         self.connections: set[Connection] = set()
+        self.on_discard: Callable[[], None] | None = None  # the listener's: one fewer open
         self.closing = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
@@ -267,6 +271,8 @@ class ServerState:
         self.connections.discard(connection)
         if not self.connections:
             self.all_closed.set()
+        if self.on_discard is not None:
+            self.on_discard()
 
 
 _DATE_CACHE: list[Any] = [0, b""]
@@ -1084,7 +1090,7 @@ class Server:
         self.error_page = error_page or error_response
         self.state = ServerState()
         self.scheme = "http"
-        self._server: asyncio.Server | None = None
+        self.listener: Listener | None = None
 
     def _protocol(self) -> Connection:
         return Connection(self)
@@ -1098,29 +1104,26 @@ class Server:
         sock: Any = None,
         reuse_port: bool = False,
     ) -> None:
-        loop = asyncio.get_running_loop()
         self.scheme = "http" if ssl is None else "https"
-        self._server = await loop.create_server(
+        self.listener = Listener(
             self._protocol,
-            host=None if sock is not None else host,
-            port=None if sock is not None else port,
-            sock=sock,
-            ssl=ssl,
-            reuse_port=reuse_port or None,
-            backlog=1024,
+            lambda: len(self.state.connections),
+            self.config.max_connections,
+            ssl,
         )
+        self.state.on_discard = self.listener.connection_closed
+        await self.listener.start(host, port, reuse_port=reuse_port, sock=sock)
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None and self._server.sockets
-        sockname = self._server.sockets[0].getsockname()
-        return sockname[0], sockname[1]
+        assert self.listener is not None
+        return self.listener.address
 
     async def shutdown(self, drain_timeout: float = limits.DRAIN_TIMEOUT) -> None:
         """Stop accepting, let requests in flight finish within `drain_timeout`, close
         idle connections at once, then cut what remains."""
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            self.listener.close()
         self.state.closing = True
         for connection in list(self.state.connections):
             connection.shutdown()
@@ -1131,5 +1134,3 @@ class Server:
             log.warning("event=drain_timeout connections=%d", len(left))
             for connection in left:
                 connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
