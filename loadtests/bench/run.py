@@ -187,8 +187,6 @@ class Bench:
                     f"load core {result.load_busy:4.0%}  errors {result.errors}",
                     flush=True,
                 )
-        # rows in the order the first round ran them
-        self.results[test] = {c.label: rows[c.label] for c in contenders}
 
     def foobar(self, tier: str, *args: str) -> list[str]:
         return python(f"foobar.{tier}", "--name", peers.NAME, *args)
