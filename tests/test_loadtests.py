@@ -19,6 +19,7 @@ import pytest
 from foobar.up import free_base_port
 from loadtests.bench import floor, peers
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
+from loadtests.bench.run import destination
 from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +160,12 @@ def test_per_round_ratios_pair_each_round_and_only_measured_targets_are_judged()
     found = verdicts({WEB_1K: {FOOBAR: ours, NGINX: peer}})
     assert [str(v.target) for v in found] == [f"{WEB_1K}: foobar throughput >= 0.7x nginx"]
     assert (found[0].rounds.low, found[0].rounds.median, found[0].rounds.high) == (0.5, 1.0, 1.5)
+
+
+def test_only_a_full_run_replaces_the_published_report() -> None:
+    assert destination(5, []) == ROOT / "docs" / "benchmarks.md"
+    assert destination(4, []) == ROOT / "var" / "bench" / "benchmarks.md"
+    assert destination(5, ["lb http"]) == ROOT / "var" / "bench" / "benchmarks.md"
 
 
 @pytest.mark.skipif(

@@ -387,6 +387,13 @@ class Bench:
             up.wait(120)
 
 
+def destination(rounds: int, only: list[str]) -> Path:
+    """Where a run's report goes: a full run replaces the published one, a quick look does
+    not."""
+    full = rounds >= MIN_ROUNDS and not only
+    return ROOT / ("docs/benchmarks.md" if full else "var/bench/benchmarks.md")
+
+
 def setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
@@ -421,8 +428,7 @@ def main() -> int:
         return 2
     seconds, rounds = (1.0, 1) if args.smoke else (args.seconds, args.rounds)
     only = [part.strip() for part in args.only.split(",") if part.strip()]
-    full = rounds >= MIN_ROUNDS and not only
-    out = args.out or ROOT / ("docs/benchmarks.md" if full else "var/bench/benchmarks.md")
+    out = args.out or destination(rounds, only)
     with tempfile.TemporaryDirectory(prefix="foobar-bench-") as folder:
         bench = Bench(Path(folder), seconds, rounds, only)
         print("balancers ...", flush=True)
