@@ -160,6 +160,9 @@ def test_per_round_ratios_pair_each_round_and_only_measured_targets_are_judged()
     found = verdicts({WEB_1K: {FOOBAR: ours, NGINX: peer}})
     assert [str(v.target) for v in found] == [f"{WEB_1K}: foobar throughput >= 0.7x nginx"]
     assert (found[0].rounds.low, found[0].rounds.median, found[0].rounds.high) == (0.5, 1.0, 1.5)
+    assert found[0].bar == ">= 0.70x"
+    full = [result(20, 1, load_busy=0.95)]
+    assert verdicts({WEB_1K: {FOOBAR: full, NGINX: peer[:1]}})[0].bar == "<= 1.43x"
 
 
 def test_only_a_full_run_replaces_the_published_report() -> None:

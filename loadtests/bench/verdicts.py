@@ -76,6 +76,7 @@ class Verdict:
     judged_on: Measure  # the target's own measure, or CPU when the load core was saturated
     ratio: float  # ours / peer of the medians, in the measure judged on
     rounds: Spread  # the same ratio round by round (each round's pair ran back to back)
+    limit: float  # what the ratio had to reach: at least, on throughput; at most, on CPU
     met: bool
 
     @property
@@ -84,10 +85,7 @@ class Verdict:
 
     @property
     def bar(self) -> str:
-        """The ratio the measure judged on had to reach."""
-        if self.judged_on == "throughput":
-            return f">= {self.target.bound:.2f}x"
-        return f"<= {self.target.bound if self.target.on == 'cpu' else 1 / self.target.bound:.2f}x"
+        return f"{'>=' if self.judged_on == 'throughput' else '<='} {self.limit:.2f}x"
 
 
 def saturated(results: Sequence[Result]) -> bool:
@@ -110,11 +108,10 @@ def judge(target: Target, ours: Sequence[Result], peer: Sequence[Result]) -> Ver
 
     ratio = _ratio(statistics.median(map(value, ours)), statistics.median(map(value, peer)))
     per_round = [_ratio(value(a), value(b)) for a, b in zip(ours, peer, strict=True)]
-    if on == "throughput":
-        met = ratio >= target.bound
-    else:  # a throughput target judged on CPU: CPU/request <= 1/bound x the peer's
-        met = ratio <= (target.bound if target.on == "cpu" else 1 / target.bound)
-    return Verdict(target, on, ratio, Spread.of(per_round), met)
+    # a throughput target judged on CPU: CPU per request <= 1/bound x the peer's
+    limit = 1 / target.bound if on != target.on else target.bound
+    met = ratio >= limit if on == "throughput" else ratio <= limit
+    return Verdict(target, on, ratio, Spread.of(per_round), limit, met)
 
 
 def verdicts(results: dict[str, dict[str, list[Result]]]) -> list[Verdict]:
