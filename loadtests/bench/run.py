@@ -429,6 +429,7 @@ def main() -> int:
     seconds, rounds = (1.0, 1) if args.smoke else (args.seconds, args.rounds)
     only = [part.strip() for part in args.only.split(",") if part.strip()]
     out = args.out or destination(rounds, only)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="foobar-bench-") as folder:
         bench = Bench(Path(folder), seconds, rounds, only)
         print("balancers ...", flush=True)
@@ -459,6 +460,7 @@ def main() -> int:
         out.write_text(text)
         print(f"wrote {out}")
     print(text)
+    print(f"the benchmark took {time.monotonic() - started:.0f} s", flush=True)
     errors = sum(
         r.errors for rows in bench.results.values() for runs in rows.values() for r in runs
     )
