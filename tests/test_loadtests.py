@@ -1,5 +1,8 @@
-"""Smoke runs of the locust load test and the side-by-side benchmark, so the scripts
-never rot: they must run without a failed request. Speed is the benchmark's business."""
+"""The load test and the benchmark harness: their pure parts (wrk's output, the load
+core's ticks, the verdicts computed from numbers, the peers' configurations as HAProxy and
+nginx read them, the floor proxy relaying over real sockets), and smoke runs of the locust
+load test and of the whole harness, so the scripts never rot: they must run without a
+failed request. Speed is the benchmark's business."""
 
 from __future__ import annotations
 
@@ -7,15 +10,236 @@ import asyncio
 import csv
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from foobar.up import free_base_port
+from loadtests.bench import floor, peers
+from loadtests.bench.measure import Result, core_ticks, parse_wrk
+from loadtests.bench.run import destination
+from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:41000/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.56ms    1.55ms  11.82ms   81.03%
+    Req/Sec    22.10k     1.20k   24.02k    60.00%
+  Latency Distribution
+     50%  850.00us
+     75%    3.04ms
+     90%    4.40ms
+     99%    1.20s
+  110500 requests in 5.00s, 1.85GB read
+  Socket errors: connect 0, read 2, write 1, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:  22100.35
+Transfer/sec:    378.50MB
+"""
+
+
+def test_wrk_output_is_read_with_its_units() -> None:
+    run = parse_wrk(WRK_OUTPUT)
+    assert run.rps == 22100.35
+    assert run.p50_ms == pytest.approx(0.85)
+    assert run.p99_ms == pytest.approx(1200.0)
+    assert run.requests == 110500
+    assert run.errors == 2 + 1 + 4 + 5
+    assert run.megabytes_per_s == pytest.approx(378.5)
+
+
+def test_wrk_output_without_errors_or_with_a_missing_field() -> None:
+    clean = "\n".join(
+        line for line in WRK_OUTPUT.splitlines() if "errors" not in line and "Non-2xx" not in line
+    )
+    assert parse_wrk(clean).errors == 0
+    with pytest.raises(ValueError, match="Requests/sec"):
+        parse_wrk(clean.replace("Requests/sec", "Requests"))
+
+
+def test_the_load_core_busy_share_counts_steal_and_not_iowait() -> None:
+    stat = "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\ncpu1 10 2 5 70 3 1 2 7 0 0\n"
+    assert core_ticks(1, stat) == (10 + 2 + 5 + 1 + 2 + 7, 100)
+    with pytest.raises(ValueError):
+        core_ticks(2, stat)
+
+
+def result(rate: float, cpu_us: float, load_busy: float = 0.5) -> Result:
+    return Result(rate, 1.0, 2.0, cpu_us, 40.0, 0, load_busy, load_busy / 2)
+
+
+@pytest.mark.parametrize(
+    ("target", "ours", "peer", "judged_on", "ratio", "met"),
+    [
+        # throughput >= 0.6x: medians 60k and 100k, met exactly at the bar
+        (
+            Target(LB_HTTP, FOOBAR, "haproxy", "throughput", 0.6),
+            [result(50_000, 30), result(60_000, 30), result(70_000, 30)],
+            [result(100_000, 10), result(90_000, 10), result(110_000, 10)],
+            "throughput",
+            0.6,
+            True,
+        ),
+        (
+            Target(WEB_1K, FOOBAR, NGINX, "throughput", 0.7),
+            [result(30_000, 30)],
+            [result(100_000, 10)],
+            "throughput",
+            0.3,
+            False,
+        ),
+        # the load core saturated in the peer's runs: judged on CPU, <= 1/0.6x the peer's
+        (
+            Target(LB_HTTP, FOOBAR, "haproxy", "throughput", 0.6),
+            [result(90_000, 16)],
+            [result(90_000, 10, load_busy=0.97)],
+            "cpu",
+            1.6,
+            True,
+        ),
+        (
+            Target(LB_HTTP, FOOBAR, "haproxy", "throughput", 0.6),
+            [result(90_000, 17, load_busy=0.95)],
+            [result(90_000, 10)],
+            "cpu",
+            1.7,
+            False,
+        ),
+        # a CPU target stays a CPU target, saturated or not
+        (
+            Target(LB_HTTP, FOOBAR, FLOOR, "cpu", 1.5),
+            [result(20_000, 45)],
+            [result(70_000, 15)],
+            "cpu",
+            3.0,
+            False,
+        ),
+        (
+            Target(LB_HTTP, FOOBAR, FLOOR, "cpu", 1.5),
+            [result(20_000, 22.5, load_busy=0.99)],
+            [result(70_000, 15, load_busy=0.99)],
+            "cpu",
+            1.5,
+            True,
+        ),
+        # no CPU counted for the peer (a run too short for a clock tick): never met
+        (
+            Target(LB_HTTP, FOOBAR, FLOOR, "cpu", 1.5),
+            [result(20_000, 22.5)],
+            [result(70_000, 0.0)],
+            "cpu",
+            float("inf"),
+            False,
+        ),
+    ],
+)
+def test_verdicts_are_computed_from_the_numbers(
+    target: Target,
+    ours: list[Result],
+    peer: list[Result],
+    judged_on: str,
+    ratio: float,
+    met: bool,
+) -> None:
+    verdict = judge(target, ours, peer)
+    assert verdict.judged_on == judged_on
+    assert verdict.ratio == pytest.approx(ratio)
+    assert verdict.met is met
+    assert verdict.saturated is (judged_on != target.on)
+
+
+def test_per_round_ratios_pair_each_round_and_only_measured_targets_are_judged() -> None:
+    ours = [result(10, 1), result(30, 1), result(20, 1)]
+    peer = [result(20, 1), result(20, 1), result(20, 1)]
+    found = verdicts({WEB_1K: {FOOBAR: ours, NGINX: peer}})
+    assert [str(v.target) for v in found] == [f"{WEB_1K}: foobar throughput >= 0.7x nginx"]
+    assert (found[0].rounds.low, found[0].rounds.median, found[0].rounds.high) == (0.5, 1.0, 1.5)
+    assert found[0].bar == ">= 0.70x"
+    full = [result(20, 1, load_busy=0.95)]
+    assert verdicts({WEB_1K: {FOOBAR: full, NGINX: peer[:1]}})[0].bar == "<= 1.43x"
+
+
+def test_only_a_full_run_replaces_the_published_report() -> None:
+    assert destination(5, []) == ROOT / "docs" / "benchmarks.md"
+    assert destination(4, []) == ROOT / "var" / "bench" / "benchmarks.md"
+    assert destination(5, ["lb http"]) == ROOT / "var" / "bench" / "benchmarks.md"
+
+
+@pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("haproxy", "nginx")),
+    reason="needs haproxy and nginx (make test installs them)",
+)
+def test_the_peers_configurations_do_foobars_work_and_load(tmp_path: Path) -> None:
+    for mode in ("http", "tcp"):
+        conf = tmp_path / f"haproxy-{mode}.cfg"
+        conf.write_text(peers.haproxy(mode, 18080, [18081, 18082]))
+        checked = subprocess.run(["haproxy", "-c", "-f", str(conf)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    http = peers.haproxy("http", 18080, [18081, 18082])
+    for directive in ("option forwardfor", "X-Forwarded-Proto", f"X-Foobar-LB {peers.NAME}"):
+        assert directive in http
+    proxy = peers.nginx_proxy(18080, 18081)
+    for header in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP"):
+        assert f"proxy_set_header {header}" in proxy
+    files = peers.nginx_files(18083, tmp_path)
+    assert "open_file_cache " in files and f"add_header X-Foobar-Web {peers.NAME}" in files
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(peers.nginx(conf, proxy + files + peers.nginx_backends([18084, 18085])))
+    checked = subprocess.run(
+        ["nginx", "-t", "-e", "/dev/null", "-c", str(conf)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_the_floor_relays_round_robin_with_x_forwarded_for_appended() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def backend(name: bytes) -> asyncio.Server:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                seen.append((name, head))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + name)
+
+        return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+    backends = [await backend(b"a1"), await backend(b"b2")]
+    ports = [server.sockets[0].getsockname()[1] for server in backends]
+    proxy = await floor.serve("127.0.0.1:0", [f"127.0.0.1:{port}" for port in ports])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.sockets[0].getsockname()[1])
+    try:
+        answers = []
+        for _ in range(3):  # one keep-alive connection
+            writer.write(
+                b"GET /api/ping HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: 192.0.2.7\r\n\r\n"
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            answers.append(await reader.readexactly(2))
+        # two pipelined, the last asking to close: answered in order, then closed
+        writer.write(
+            b"GET /1 HTTP/1.1\r\nHost: bench\r\n\r\n"
+            b"GET /2 HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        )
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        proxy.close()
+        for server in backends:
+            server.close()
+    assert answers == [b"a1", b"b2", b"a1"]
+    assert rest.count(b"HTTP/1.1 200 OK") == 2 and rest.endswith(b"a1")
+    assert [name for name, _ in seen] == [b"a1", b"b2", b"a1", b"b2", b"a1"]
+    assert seen[0][1] == (
+        b"GET /api/ping HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: 192.0.2.7, 127.0.0.1\r\n\r\n"
+    )
+    assert b"X-Forwarded-For: 127.0.0.1\r\n" in seen[3][1]
+    assert all(b"Connection" not in head for _, head in seen)
 
 
 async def test_locust_visitors_against_the_site(tmp_path: Path) -> None:
@@ -93,12 +317,21 @@ async def test_benchmark_harness_runs_without_errors() -> None:
     out, _ = await asyncio.wait_for(bench.communicate(), 240)
     text = out.decode()
     assert bench.returncode == 0, text[-3000:]
-    for name in (
-        "lb http mode",
-        "lb tcp mode",
-        "web 1 KiB file",
-        "web 1 MiB file",
-        "web proxying /api/",
-        "full path GET /api/posts/{id}",
+    for row in (
+        "lb http mode | foobar",
+        "lb http mode | foobar, access log on",
+        "lb http mode | floor",
+        "lb http mode | haproxy",
+        "lb tcp mode | haproxy",
+        "web 1 KiB file | foobar, access log on",
+        "web 1 KiB file | nginx",
+        "web 1 MiB file | nginx",
+        "web proxying /api/ | floor",
+        "web proxying /api/ | nginx",
+        "full path GET /api/posts/{id} | foobar",
     ):
-        assert f"| {name} |" in text, name
+        assert f"| {row} |" in text, row
+    # one verdict per target, computed (a smoke run's numbers decide nothing, but they are there)
+    assert text.count("| lb http mode: foobar ") == 2
+    assert "| lb tcp mode: foobar CPU/request <= 1.1x haproxy |" in text
+    assert "| web 1 KiB file: foobar, access log on throughput >= 0.9x foobar |" in text
