@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from foobar import logs
 from foobar.admin import PlainCounter
+from foobar.http.listener import Listener as HttpListener
 from foobar.http.server import Exchange, Server, ServerConfig
 from foobar.lb.health import HealthChecks
 from foobar.lb.http_proxy import HttpFrontend
@@ -68,6 +69,13 @@ class Listener:
             return len(self.server.state.connections)
         return len(self.tcp.sessions) if self.tcp is not None else 0
 
+    @property
+    def accepting(self) -> HttpListener | None:
+        """The listening socket, with its connection limit."""
+        if self.server is not None:
+            return self.server.listener
+        return self.tcp.listener if self.tcp is not None else None
+
 
 class Balancer:
     def __init__(
@@ -112,6 +120,7 @@ class Balancer:
                     body_min_rate=frontend.body_min_rate,
                     send_timeout=frontend.timeout_client,
                     accept_proxy=frontend.accept_proxy,
+                    max_connections=frontend.maxconn,
                 ),
                 on_response=functools.partial(self._observe, frontend.name),
                 fast_handler=listener.http.answer_now,

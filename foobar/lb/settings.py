@@ -116,6 +116,9 @@ class FrontendSettings(Model):
     redirect_https_port: int | None = Field(default=None, ge=1, le=65535)
     hsts_max_age: int | None = Field(default=None, ge=0)
     accept_proxy: bool = False
+    # connections open at most, the rest wait in the listen backlog (HAProxy's maxconn);
+    # unset: half the open-files limit
+    maxconn: int | None = Field(default=None, ge=1)
     timeout_client: float = Field(default=50.0, gt=0)
     # a request body slower than this on average after timeout_client (bytes/s; 0: off)
     body_min_rate: float = Field(default=BODY_MIN_RATE, ge=0)

@@ -41,6 +41,9 @@ def snapshot(balancer: Balancer) -> dict[str, Any]:
                 "tls": listener.settings.tls_cert is not None,
                 "backend": listener.settings.backend,
                 "connections": listener.connections,
+                # maxconn, and how often it stopped accepting
+                "maxconn": listener.accepting.limit if listener.accepting else None,
+                "paused": listener.accepting.paused_at_limit if listener.accepting else 0,
             }
             for name, listener in balancer.listeners.items()
         ],
@@ -90,13 +93,13 @@ def section(data: dict[str, Any]) -> str:
     frontends = "".join(
         f"<tr><td>{escape(f['name'])}</td><td>{escape(f['bind'])}</td><td>{f['mode']}"
         f"{' + TLS' if f['tls'] else ''}</td><td>{escape(f['backend'])}</td>"
-        f"<td>{f['connections']}</td></tr>"
+        f"<td>{f['connections']}</td><td>{f['maxconn']}</td><td>{f['paused']}</td></tr>"
         for f in data["frontends"]
     )
     return f"""<h1>foobar.lb <small>node {escape(data["node"])}, pid {data["pid"]},
 up {data["uptime"]:.0f}s</small></h1>
 <h2>frontends</h2><table><tr><th>name</th><th>bind</th><th>mode</th><th>backend</th>
-<th>connections</th></tr>{frontends}</table>
+<th>connections</th><th>maxconn</th><th>times at maxconn</th></tr>{frontends}</table>
 {"".join(rows)}"""
 
 
@@ -198,6 +201,23 @@ class StatsCollector(Collector):
         queue = GaugeMetricFamily(
             "foobar_lb_backend_queue", "requests waiting for a slot", labels=["backend"]
         )
+        connections = GaugeMetricFamily(
+            "foobar_lb_frontend_connections", "connections open", labels=["frontend"]
+        )
+        maxconn = GaugeMetricFamily(
+            "foobar_lb_frontend_maxconn", "connection limit (maxconn)", labels=["frontend"]
+        )
+        at_limit = GaugeMetricFamily(
+            "foobar_lb_frontend_limit_reached",
+            "times accepting stopped at maxconn since start",
+            labels=["frontend"],
+        )
+        for name, listener in self.balancer.listeners.items():
+            connections.add_metric([name], listener.connections)
+            if listener.accepting is not None:
+                maxconn.add_metric([name], listener.accepting.limit)
+                at_limit.add_metric([name], listener.accepting.paused_at_limit)
+        yield from (connections, maxconn, at_limit)
         for name, backend in self.balancer.backends.items():
             queue.add_metric([name], backend.queued)
             for server in backend.servers:

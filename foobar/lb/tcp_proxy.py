@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from foobar.http import limits, proxy_protocol
 from foobar.http.errors import ProtocolError
+from foobar.http.listener import Listener
 from foobar.lb.algorithms import RequestKeys
 from foobar.lb.servers import Backend, NoServer, Server
 from foobar.lb.settings import FrontendSettings
@@ -192,7 +193,7 @@ class Session:
         if self.backend is not None and self.server is not None:
             self.backend.release(self.server)
             self.server = None
-        self.frontend.sessions.discard(self)
+        self.frontend.closed(self)
 
 
 class TcpFrontend:
@@ -200,7 +201,7 @@ class TcpFrontend:
         self.settings = settings
         self.balancer = balancer
         self.sessions: set[Session] = set()
-        self.server: asyncio.Server | None = None
+        self.listener: Listener | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -213,17 +214,18 @@ class TcpFrontend:
         self.sessions.add(session)
         return Side(session, is_client=True)
 
+    def closed(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            if self.listener is not None:
+                self.listener.connection_closed()
+
     async def start(self, ssl: SSLContext | None = None, reuse_port: bool = False) -> None:
-        loop = asyncio.get_running_loop()
         bind = self.settings.bind
-        self.server = await loop.create_server(
-            self.protocol,
-            bind.host,
-            bind.port,
-            ssl=ssl,
-            reuse_port=reuse_port or None,
-            backlog=1024,
+        self.listener = Listener(
+            self.protocol, lambda: len(self.sessions), self.settings.maxconn, ssl
         )
+        await self.listener.start(bind.host, bind.port, reuse_port=reuse_port)
 
     def connect_task(self, session: Session) -> None:
         task = asyncio.create_task(self.connect(session))
@@ -267,8 +269,8 @@ class TcpFrontend:
             return
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listener is not None:
+            self.listener.close()
         for session in list(self.sessions):
             session.close()
         for task in list(self.tasks):

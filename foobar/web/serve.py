@@ -50,6 +50,7 @@ class WebServer:
             ServerConfig(
                 max_body_bytes=settings.client_max_body_size,
                 body_min_rate=settings.client_body_min_rate,
+                max_connections=settings.worker_connections,
             ),
             on_response=self.observe,
             fast_handler=self.answer_now,

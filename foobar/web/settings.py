@@ -27,6 +27,9 @@ class WebSettings(RoleSettings):
 
     # nginx's defaults, under nginx's names
     client_max_body_size: int = Field(default=1024 * 1024, ge=0)
+    # open connections at most, the rest wait in the listen backlog; unset: half the
+    # open-files limit (nginx's default is 512 per worker)
+    worker_connections: int | None = Field(default=None, ge=1)
     # nginx has no such bound (client_body_timeout is between reads); Apache's MinRate
     client_body_min_rate: float = Field(default=BODY_MIN_RATE, ge=0)
     proxy_connect_timeout: float = Field(default=5.0, gt=0)

@@ -5,12 +5,29 @@ path (answered in callbacks), a POST with a body the task path."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 
+from foobar.lb.stats import snapshot
 from tests.conftest import RawClient
-from tests.lb.conftest import StartLb, address_of
-from tests.lb.test_fast_path import before_raw_backend
+from tests.dbcluster import free_port
+from tests.lb.conftest import ROOT, StartLb, address_of
+from tests.lb.test_fast_path import before_raw_backend, lb_fields
+
+
+async def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,3 +143,68 @@ async def test_a_bad_answer_is_a_502_and_its_connection_is_closed(
     assert backend.closed == backend.connections == 1  # never pooled again
     client.close()
     raw.close()
+
+
+async def test_maxconn_leaves_new_connections_in_the_backlog_until_one_closes(
+    start_lb: StartLb,
+) -> None:
+    backend = Backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raw = await asyncio.start_server(backend, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    fields = lb_fields(f"a=127.0.0.1:{port}")
+    fields["frontends"][0]["maxconn"] = 2  # type: ignore[index]
+    lb = await start_lb(**fields)
+    first, second = [await RawClient.connect(address_of(lb)) for _ in range(2)]
+    for client in (first, second):
+        await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await client.response())[0] == 200
+    third = await RawClient.connect(address_of(lb))  # the kernel completes the handshake
+    await third.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    with pytest.raises(TimeoutError):
+        await third.response(timeout=0.5)  # not accepted: it waits in the backlog
+    frontend = snapshot(lb.balancer)["frontends"][0]
+    assert (frontend["connections"], frontend["maxconn"]) == (2, 2)
+    assert frontend["paused"] >= 1
+    first.close()
+    assert (await third.response(timeout=5))[0] == 200  # accepted once one closed
+    second.close()
+    third.close()
+    raw.close()
+
+
+async def test_a_process_short_of_descriptors_keeps_serving(tmp_path: Path) -> None:
+    """With an open-files limit of 100, the default maxconn is (100 - 64) / 2 = 18: 40
+    clients get in turn, nobody is refused, and the balancer never hits EMFILE."""
+    backend = Backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raw = await asyncio.start_server(backend, "127.0.0.1", 0)
+    backend_port = raw.sockets[0].getsockname()[1]
+    port = free_port()
+    log = (tmp_path / "lb.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100));"
+        "sys.argv = sys.argv[1:]; runpy.run_module('foobar.lb', run_name='__main__')",
+        "foobar.lb",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--backend",
+        f"127.0.0.1:{backend_port}",
+        cwd=ROOT,
+        stderr=log,
+    )
+    try:
+        await wait_for_port(port)
+        clients = [await RawClient.connect(("127.0.0.1", port)) for _ in range(40)]
+        answered = 0
+        for client in clients:  # each answered, then closed: the next one gets in
+            await client.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answered += (await client.response(timeout=10))[0] == 200
+            client.close()
+        assert answered == 40
+    finally:
+        process.terminate()
+        await process.wait()
+        raw.close()
+    text = (tmp_path / "lb.log").read_text()
+    assert "Too many open files" not in text and "connection_limit limit=18" in text

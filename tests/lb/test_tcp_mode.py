@@ -105,8 +105,8 @@ async def test_send_proxy_tells_the_server_who_the_client_is(
             ],
         )
         tcp = lb.balancer.listeners["tcp"].tcp
-        assert tcp is not None and tcp.server is not None
-        port = tcp.server.sockets[0].getsockname()[1]
+        assert tcp is not None and tcp.listener is not None
+        port = tcp.listener.address[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         local_port = writer.get_extra_info("sockname")[1]
         writer.write(b"hello")
@@ -180,8 +180,8 @@ async def test_tcp_accept_proxy_picks_by_the_real_client(start_lb: StartLb) -> N
             ],
         )
         tcp = lb.balancer.listeners["tcp"].tcp
-        assert tcp is not None and tcp.server is not None
-        port = tcp.server.sockets[0].getsockname()[1]
+        assert tcp is not None and tcp.listener is not None
+        port = tcp.listener.address[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         preamble = proxy_protocol.build(1, ("198.51.100.7", 40000), ("192.0.2.1", 5432))
         writer.write(preamble[:10])  # across two reads
