@@ -10,8 +10,8 @@ A request without a body can also be sent and answered with no task at all, for 
 answering in the protocols' callbacks (the fast path, see server.py and forward.py):
 
     pool.send_now(waiter, head)
-    # waiter.answer_arrived(head, raw, body): the whole answer arrived, the connection is
-    #     back in the pool (raw: the answer as received, when it came in one read)
+    # waiter.answer_arrived(head, body): the whole answer arrived, the connection is back
+    #     in the pool
     # waiter.must_wait(connection or None): it must be read on in a task, with
     #     await pool.request(..., sent=connection)   (None: nothing was sent, no idle one)
 
@@ -63,7 +63,7 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 class AnswerWaiter(Protocol):
     """Who waits for the answer to a request `send_now()` sent (forward.ProxyExchange)."""
 
-    def answer_arrived(self, head: ResponseHead, raw: bytes | None, body: bytes) -> None: ...
+    def answer_arrived(self, head: ResponseHead, body: bytes) -> None: ...
 
     def must_wait(self, connection: UpstreamConnection | None) -> None: ...
 
@@ -115,7 +115,6 @@ class UpstreamConnection(FlowControlled):
             self.reusable = False
             self.close()
             return
-        first_read = not self.response_started
         self.response_started = True
         try:
             events = self.parser.feed(data)
@@ -135,16 +134,15 @@ class UpstreamConnection(FlowControlled):
             return
         self.events.extend(events)  # counted in `buffered` only if a task is to read them
         if END in events:
-            self._answer(waiter, data if first_read else None)
+            self._answer(waiter)
         elif sum(len(event) for event in self.events if isinstance(event, bytes)) > (
             limits.DIRECT_RESPONSE_BYTES
         ):
             self._hand_to_task()
 
-    def _answer(self, waiter: AnswerWaiter, raw: bytes | None) -> None:
+    def _answer(self, waiter: AnswerWaiter) -> None:
         """A message ended while a request is answered in callbacks: pass the final answer
-        on whole (`raw` if it is all the read held), or hand it to a task (an interim
-        1xx, anything after the answer)."""
+        on whole, or hand it to a task (an interim 1xx)."""
         events = self.events
         head = events[0]
         if not isinstance(head, ResponseHead) or head.status < 200 or head.status == 101:
@@ -155,11 +153,9 @@ class UpstreamConnection(FlowControlled):
         while (event := events.popleft()) is not END:
             assert isinstance(event, bytes)
             chunks.append(event)
-        if events or self.parser.in_message:
-            raw = None  # something after the answer: the connection is not reused either
         self.waiter = None
         self.pool.release(self, head.keep_alive and not self.parser.surplus)
-        waiter.answer_arrived(head, raw, b"".join(chunks) if len(chunks) != 1 else chunks[0])
+        waiter.answer_arrived(head, b"".join(chunks) if len(chunks) != 1 else chunks[0])
 
     def _hand_to_task(self) -> None:
         waiter, self.waiter = self.waiter, None

@@ -156,9 +156,8 @@ class ProxyExchange(Generic[T]):
 
     # the fast path, called back by the upstream connection (see UpstreamPool.send_now)
 
-    def answer_arrived(self, head: ResponseHead, raw: bytes | None, body: bytes) -> None:
-        """The whole final answer arrived, the connection is back in its pool. `raw` is
-        the answer as received when it came in one piece: head and `body`."""
+    def answer_arrived(self, head: ResponseHead, body: bytes) -> None:
+        """The whole final answer arrived, the connection is back in its pool."""
         target = self.target
         assert target is not None
         if not self._take_answer(target, head.status):
@@ -168,8 +167,8 @@ class ProxyExchange(Generic[T]):
         self.target = None
         route.release(self, target)
         request = self.request
-        if raw is not None and head.content_length == len(body):
-            passed_on = relayed_head(raw, len(raw) - len(body))
+        if head.content_length == len(body) or request.head.method == "HEAD":
+            passed_on = relayed_head(head.raw)
             if passed_on is not None:
                 fields = route.response_fields(self, target)
                 request.respond_raw(head.status, passed_on + fields, body)
@@ -329,13 +328,12 @@ class Forwarder(Generic[T]):
         return fields
 
 
-def relayed_head(raw: bytes, head_size: int) -> bytes | None:
-    """An answer's head as received (`raw[:head_size]`), its Connection field removed and
-    its final empty line left off, ready for the relay's own fields; None when it has
-    other hop-by-hop fields, or a Connection field that names some: the head is then
-    rebuilt from its field list."""
-    head = raw[: head_size - 2]
-    head = _CONNECTION_LINE.sub(b"", head, count=1)
+def relayed_head(raw: bytes) -> bytes | None:
+    """An answer's head as received, its Connection field removed and its final empty
+    line left off, ready for the relay's own fields; None when it has other hop-by-hop
+    fields, or a Connection field that names some: the head is then rebuilt from its
+    field list. Framed by Content-Length (the caller's check), it frames the same body."""
+    head = _CONNECTION_LINE.sub(b"", raw[:-2], count=1)
     if _ANSWER_HOP_BY_HOP.search(head) is not None:
         return None
     return head

@@ -4,8 +4,14 @@ The only module that imports httptools (llhttp, Node's parser). llhttp is strict
 and already refuses the request-smuggling shapes: Content-Length with Transfer-Encoding,
 two Content-Length fields, a Transfer-Encoding that does not end in `chunked`, bare LF,
 whitespace before a colon, obs-fold. This layer adds what llhttp leaves to its caller: the
-header-size limit, HTTP versions other than 1.0/1.1, upgrade requests, and bodiless
-responses to HEAD.
+header limits, Host (RFC 9112 §3.2), HTTP versions other than 1.0/1.1, upgrade requests,
+and bodiless responses to HEAD.
+
+Every llhttp callback is a Python call, and a call costs more than most of what it does,
+so each message gets as few as its use needs. A request's fields come one callback each
+(every tier reads them). A response is the proxies' to relay: its head is kept as the
+bytes received (`ResponseHead.raw`), read for what the core needs with a few searches,
+and split into fields only if somebody asks for them.
 
     parser = RequestParser()
     for event in parser.feed(data):
@@ -58,15 +64,48 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    reason: bytes
-    version: str
-    headers: hdrs.Headers
-    keep_alive: bool
-    chunked: bool
-    content_length: int | None
+    """A response's head: what the core acts on, and the head as received (`raw`: status
+    line, fields and the empty line), whose fields are split only when asked for."""
+
+    __slots__ = ("_headers", "chunked", "content_length", "keep_alive", "raw", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        raw: bytes,
+        version: str = "1.1",
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
+    ) -> None:
+        self.status = status
+        self.raw = raw
+        self.version = version
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self._headers: hdrs.Headers | None = None
+
+    @property
+    def reason(self) -> bytes:
+        status_line = self.raw[: self.raw.find(b"\r\n")]
+        parts = status_line.split(b" ", 2)
+        return parts[2] if len(parts) > 2 else b""
+
+    @property
+    def headers(self) -> hdrs.Headers:
+        """The fields as (name, value) pairs, in order; llhttp has checked their syntax."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = []
+            for line in self.raw.split(b"\r\n")[1:-2]:
+                name, _, value = line.partition(b":")
+                headers.append((name, value.strip(b" \t")))
+        return headers
+
+    def __repr__(self) -> str:
+        return f"ResponseHead({self.status}, {self.raw!r})"
 
 
 Event = RequestHead | ResponseHead | bytes | EndOfMessage
@@ -75,6 +114,10 @@ SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# The framing fields of a response head, found in its bytes (whole field names: llhttp
+# refused bare LFs, so every "\r\n" starts a field line).
+_CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
+_TRANSFER_ENCODING: Final = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 
 
 def complete_messages(events: list[Event]) -> list[Event]:
@@ -87,15 +130,12 @@ def complete_messages(events: list[Event]) -> list[Event]:
 
 
 class _Parser:
-    """What requests and responses share: collecting the head, counting its size."""
+    """What requests and responses share: running llhttp, translating its errors."""
 
     def __init__(self, max_header_bytes: int, max_header_fields: int) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_header_fields = max_header_fields
         self._events: list[Event] = []
-        self._fed = 0  # bytes given to the current feed()
-        self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
-        self._next_head()
         self._in_head = False
         # True from a message's first byte to its end (a plain attribute: the server
         # asks on every read)
@@ -107,9 +147,10 @@ class _Parser:
         raise NotImplementedError  # pragma: no cover - both subclasses define it
 
     def feed(self, data: bytes) -> list[Event]:
-        events = self._events = []
-        self._fed = len(data)
-        continuing_head = self._in_head
+        raise NotImplementedError  # pragma: no cover - both subclasses define it
+
+    def _run(self, data: bytes, events: list[Event]) -> None:
+        """llhttp over `data`, its callbacks adding to `events`."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -135,17 +176,6 @@ class _Parser:
                 refusal = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
             refusal.events = complete_messages(events)
             raise refusal from exc
-        if self._in_head and continuing_head:
-            # httptools buffers a half-received header value without calling back, so
-            # the callbacks alone would let one endless header grow without bound. The
-            # read in which a head starts is not counted (where in it the head starts is
-            # unknown), so an unfinished head is held to the limit plus one read.
-            self._raw_head_size += len(data)
-            if self._raw_head_size > self.max_header_bytes:
-                too_large = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
-                too_large.events = complete_messages(events)
-                raise too_large
-        return events
 
     def _check_upgrade(self, events: list[Event]) -> None:
         pass
@@ -155,38 +185,84 @@ class _Parser:
         self._refusal = error
         raise error
 
-    def _next_head(self) -> None:
-        """Ready for the next message's head (on_message_begin is left with one line:
-        every callback is a Python call per message)."""
-        self._headers: hdrs.Headers = []
-        self._chunked = False  # the message's framing, noted by on_header
-        self._length: int | None = None
-        self._expect: bytes | None = None
-        self._hosts: list[bytes] = []  # Host values, checked once the head is complete
-        self._raw_head_size = 0
+    def _too_large(self, events: list[Event]) -> NoReturn:
+        too_large = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
+        too_large.events = complete_messages(events)
+        raise too_large
 
-    def _check_size(self, start_line: int) -> None:
-        """The header limits, for a head that may be over them (`_may_be_too_large`)."""
-        size = start_line + sum(len(name) + len(value) + 4 for name, value in self._headers)
-        if size > self.max_header_bytes:
-            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
-        if len(self._headers) > self.max_header_fields:
-            self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
-
-    @property
-    def _may_be_too_large(self) -> bool:
-        """A head that began and ended in one read no larger than the size limit is within
-        it: only a larger read, or a head over several, is counted."""
-        return (
-            self._raw_head_size > 0
-            or self._fed > self.max_header_bytes
-            or len(self._headers) > self.max_header_fields
-        )
+    def _version(self) -> str:
+        """The message's HTTP version, refusing all but 1.0 and 1.1."""
+        version: str = self._parser.get_http_version()
+        if version not in SUPPORTED_VERSIONS:
+            if version == "0.9":  # llhttp's reading of a start line with no version
+                self._refuse(ProtocolError("start line without an HTTP version"))
+            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
+        return version
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
         self._in_head = self.in_message = True
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self._events.append(END)
+
+
+class RequestParser(_Parser):
+    _parser: httptools.HttpRequestParser
+
+    def __init__(
+        self,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_header_fields: int = MAX_HEADER_FIELDS,
+    ) -> None:
+        self._fed = 0  # bytes given to the current feed()
+        self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
+        self._next_head()
+        super().__init__(max_header_bytes, max_header_fields)
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        return httptools.HttpRequestParser(self)
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = self._events = []
+        self._fed = len(data)
+        continuing_head = self._in_head
+        self._run(data, events)
+        if self._in_head and continuing_head:
+            # httptools buffers a half-received header value without calling back, so
+            # the callbacks alone would let one endless header grow without bound. The
+            # read in which a head starts is not counted (where in it the head starts is
+            # unknown), so an unfinished head is held to the limit plus one read.
+            self._raw_head_size += len(data)
+            if self._raw_head_size > self.max_header_bytes:
+                self._too_large(events)
+        return events
+
+    def _next_head(self) -> None:
+        """Ready for the next request's head."""
+        self._target = b""
+        self._headers: hdrs.Headers = []
+        self._chunked = False  # the request's framing, noted by on_header
+        self._length: int | None = None
+        self._expect: bytes | None = None
+        self._hosts: list[bytes] = []  # Host values, checked once the head is complete
+        self._raw_head_size = 0
+
+    def _check_size(self) -> None:
+        """The header limits, for a head that began in a read larger than the size limit
+        or went on over several (one read no larger than it holds a head within it)."""
+        headers = self._headers
+        size = len(self._target) + 14 + sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.max_header_bytes:
+            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -203,50 +279,15 @@ class _Parser:
             elif lowered == b"expect":
                 self._expect = value
 
-    def on_body(self, body: bytes) -> None:
-        self._events.append(body)
-
-    def on_message_complete(self) -> None:
-        self.in_message = False
-        self._events.append(END)
-
-    def _head_complete(self) -> str:
-        """Mark the head done and return its HTTP version, refusing all but 1.0 and 1.1."""
-        self._in_head = False
-        version: str = self._parser.get_http_version()
-        if version not in SUPPORTED_VERSIONS:
-            if version == "0.9":  # llhttp's reading of a start line with no version
-                self._refuse(ProtocolError("start line without an HTTP version"))
-            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
-        return version
-
-
-class RequestParser(_Parser):
-    _parser: httptools.HttpRequestParser
-
-    def __init__(
-        self,
-        max_header_bytes: int = MAX_HEADER_BYTES,
-        max_header_fields: int = MAX_HEADER_FIELDS,
-    ) -> None:
-        super().__init__(max_header_bytes, max_header_fields)
-
-    def _new_parser(self) -> httptools.HttpRequestParser:
-        return httptools.HttpRequestParser(self)
-
-    def _next_head(self) -> None:
-        super()._next_head()
-        self._target = b""
-
-    def on_url(self, url: bytes) -> None:
-        self._target += url
-
     def on_headers_complete(self) -> None:
-        version = self._head_complete()
-        if self._may_be_too_large:
-            self._check_size(len(self._target) + 14)  # "GET " ... " HTTP/1.1\r\n" at least
+        self._in_head = False
+        version = self._version()
+        if self._raw_head_size or self._fed > self.max_header_bytes:
+            self._check_size()
+        if len(self._headers) > self.max_header_fields:
+            self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
         parser = self._parser
-        chunked, length = self._chunked, self._length
+        chunked = self._chunked
         if chunked and version == "1.0":
             # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
             # treat the framing as faulty and close; refusing is the safe reading.
@@ -262,16 +303,14 @@ class RequestParser(_Parser):
         expect = self._expect
         self._events.append(
             RequestHead(
-                method=parser.get_method().decode("ascii"),
-                target=self._target,
-                version=version,
-                headers=self._headers,
-                keep_alive=parser.should_keep_alive(),
-                chunked=chunked,
-                content_length=length,
-                expect_continue=(
-                    expect is not None and expect.lower() == b"100-continue" and version == "1.1"
-                ),
+                parser.get_method().decode("ascii"),
+                self._target,
+                version,
+                self._headers,
+                parser.should_keep_alive(),
+                chunked,
+                self._length,
+                expect is not None and expect.lower() == b"100-continue" and version == "1.1",
             )
         )
         self._next_head()
@@ -286,7 +325,11 @@ class RequestParser(_Parser):
 class ResponseParser(_Parser):
     """Parses the responses of one upstream connection. Call `expect_head_response()`
     before the response to a HEAD request: llhttp cannot know it has no body. Call
-    `finish()` when the connection closes: a body without a length ends there."""
+    `finish()` when the connection closes: a body without a length ends there.
+
+    A response's head is cut from the bytes received: the connection carries one request
+    at a time, so a head starts where the last read that was not a message's began, or
+    right after an interim (1xx) head."""
 
     _parser: httptools.HttpResponseParser
 
@@ -297,12 +340,23 @@ class ResponseParser(_Parser):
     ) -> None:
         self._head_response = False
         self._until_close = False  # the current body has no length: it ends with the close
+        self._pending = b""  # the bytes from the current head's first, while it is read
         self.surplus = False  # bytes came after a response to HEAD
         self._dropped: list[Event] = []
         super().__init__(max_header_bytes, max_header_fields)
 
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self)
+
     def feed(self, data: bytes) -> list[Event]:
-        events = super().feed(data)
+        if not self.in_message:
+            self._pending = data
+        elif self._in_head:
+            self._pending += data
+        events = self._events = []
+        self._run(data, events)
+        if self._in_head and len(self._pending) > self.max_header_bytes:
+            self._too_large(events)
         if self._dropped:
             self.surplus = True
         return events
@@ -317,41 +371,34 @@ class ResponseParser(_Parser):
             return [END]
         return []
 
-    def _new_parser(self) -> httptools.HttpResponseParser:
-        return httptools.HttpResponseParser(self)
-
     def expect_head_response(self) -> None:
         self._head_response = True
 
-    def _next_head(self) -> None:
-        super()._next_head()
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
     def on_headers_complete(self) -> None:
-        version = self._head_complete()
-        if self._may_be_too_large:
-            self._check_size(len(self._reason) + 15)  # "HTTP/1.1 200 " ... "\r\n"
+        self._in_head = False
+        version = self._version()
+        pending = self._pending
+        end = pending.find(b"\r\n\r\n") + 4
+        if end < 4:  # its first byte was not where a response may start
+            self._refuse(ProtocolError("response after the end of the answer"))
+        raw = pending[:end]
+        if end > self.max_header_bytes:
+            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
+        if raw.count(b"\r\n") - 2 > self.max_header_fields:
+            self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
         parser = self._parser
-        chunked, length = self._chunked, self._length
         status = parser.get_status_code()
+        # an interim answer's successor starts right after it; a final one's body follows
+        self._pending = pending[end:] if status < 200 else b""
+        length = _CONTENT_LENGTH.search(raw)
+        content_length = None if length is None else int(length[1])
+        chunked = _TRANSFER_ENCODING.search(raw) is not None
         self._until_close = (
-            not chunked and length is None and status >= 200 and status not in (204, 304)
+            not chunked and content_length is None and status >= 200 and status not in (204, 304)
         )
         self._events.append(
-            ResponseHead(
-                status=status,
-                reason=self._reason,
-                version=version,
-                headers=self._headers,
-                keep_alive=parser.should_keep_alive(),
-                chunked=chunked,
-                content_length=length,
-            )
+            ResponseHead(status, raw, version, parser.should_keep_alive(), chunked, content_length)
         )
-        self._next_head()
         if self._head_response and status >= 200:
             # The response ends with its head. What llhttp reads after it in this feed
             # (a body some servers wrongly send to HEAD) is dropped, and the connection
