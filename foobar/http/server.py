@@ -309,10 +309,27 @@ def status_line(status: int, reason: bytes | None) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason)
 
 
+# A client connection's phase: one at a time, changed only by `Connection._enter()` along
+# `_TRANSITIONS` (h11's _state.py is the model). The read side is apart (`closed`: no more
+# bytes will come): a client may half-close after its request and still be answered.
+IDLE: Final = "idle"  # no request in progress: waiting for the next head
+DIRECT: Final = "direct"  # the fast handler answers a request from callbacks; a task sleeps
+TASK: Final = "task"  # the connection's task runs the handler or writes the answer
+CLOSING: Final = "closing"  # the socket is closing; input still arriving is dropped
+_TRANSITIONS: Final = {
+    IDLE: frozenset({DIRECT, TASK, CLOSING}),
+    # answered (or handed to the task, its head queued again for it): IDLE
+    DIRECT: frozenset({IDLE, CLOSING}),
+    TASK: frozenset({IDLE, CLOSING}),
+    CLOSING: frozenset(),
+}
+
+
 class Connection(FlowControlled):
-    """One client connection: parses what arrives, queues it for the serving task, and
-    writes responses with flow control. Timeouts share one `call_at` handle that is moved
-    only when it fires early, so activity costs a float store, not a timer reset."""
+    """One client connection: parses what arrives, offers a request to the fast handler
+    or queues it for the serving task, and writes responses with flow control. Its phase
+    is one field (see IDLE...CLOSING above). Timeouts share one `call_at` handle that is
+    moved only when it fires early, so activity costs a float store, not a timer reset."""
 
     __slots__ = (
         "_body_wait_started",
@@ -322,10 +339,8 @@ class Connection(FlowControlled):
         "_forwarding_fields",
         "_handed_over",
         "_head_started",
-        "_in_request",
         "_last_read",
         "_last_write",
-        "_lingering",
         "_peer_eof",
         "_proxy_preamble",
         "_requests",
@@ -333,7 +348,6 @@ class Connection(FlowControlled):
         "_timer",
         "_timer_at",
         "_waiting_body",
-        "_waiting_head",
         "config",
         "error_page",
         "fast_handler",
@@ -341,6 +355,7 @@ class Connection(FlowControlled):
         "on_response",
         "parser",
         "peer",
+        "phase",
         "scheme",
         "state",
     )
@@ -360,11 +375,10 @@ class Connection(FlowControlled):
         self._forwarding_fields: bytes | None = None
         self._error: HTTPError | None = None
         self._peer_eof = False
-        self._lingering = False
+        self.phase = IDLE
         # bytes of a PROXY preamble still being read; None once read (or not expected)
         self._proxy_preamble = proxy_protocol.Preamble() if config.accept_proxy else None
         self._task: asyncio.Task[None] | None = None
-        self._in_request = False  # the handler or response writer is running
         self._requests = 0
         # the request the fast handler is answering in callbacks (the task sleeps meanwhile)
         self._direct: Request | None = None
@@ -375,7 +389,6 @@ class Connection(FlowControlled):
         self._timer_at = 0.0
         self._last_read = self._last_write = self.loop.time()
         self._head_started: float | None = None  # first byte of an incomplete head
-        self._waiting_head = False
         self._waiting_body: RequestBody | None = None  # the body a read waits for
         self._body_wait_started = 0.0
 
@@ -389,11 +402,14 @@ class Connection(FlowControlled):
         self.state.add(self)
         # No task yet: one starts when a request (or a timeout, or a close) needs it. A
         # connection the fast path serves whole never has one.
-        self._waiting_head = True
         self._arm_timer()
 
+    def _enter(self, phase: str) -> None:
+        assert phase in _TRANSITIONS[self.phase], f"{self.phase} -> {phase}"
+        self.phase = phase
+
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
+        if self.phase is CLOSING:
             return
         if self._proxy_preamble is not None:
             data = self._take_preamble(data)
@@ -402,7 +418,7 @@ class Connection(FlowControlled):
         now = self._last_read = self.loop.time()
         parser = self.parser
         read_starts_message = not parser.in_message
-        if read_starts_message and self._waiting_head and self._head_started is None:
+        if read_starts_message and self.phase is IDLE and self._head_started is None:
             self._head_started = now
         try:
             events = parser.feed(data)
@@ -413,7 +429,7 @@ class Connection(FlowControlled):
         if (
             len(events) > 1
             and events[1] is END
-            and self._waiting_head
+            and self.phase is IDLE
             and self.fast_handler is not None
             and not self.events
             and self.drain_waiter is None
@@ -441,8 +457,7 @@ class Connection(FlowControlled):
         request.raw = raw
         self._direct = request
         self._direct_since = self._last_read
-        self._in_request = True
-        self._waiting_head = False
+        self._enter(DIRECT)
         try:
             if self.fast_handler(request):
                 return True
@@ -453,8 +468,7 @@ class Connection(FlowControlled):
                 self.respond_directly(request, self.error_page(500, ""), keep_alive=False)
             return True
         self._direct = None
-        self._in_request = False
-        self._waiting_head = True
+        self._enter(IDLE)
         return False
 
     def forwarding_fields(self) -> bytes:
@@ -471,7 +485,7 @@ class Connection(FlowControlled):
         return fields
 
     def wake(self) -> None:
-        if self._direct is None:  # the task sleeps while a request is answered in callbacks
+        if self.phase is not DIRECT:  # the task sleeps while a request is answered in callbacks
             self._wake_task()
 
     def _wake_task(self) -> None:
@@ -502,7 +516,7 @@ class Connection(FlowControlled):
 
     def eof_received(self) -> bool | None:
         self._peer_eof = True
-        if self._lingering:
+        if self.phase is CLOSING:
             return False
         # A client may half-close after its last request and still read the answer.
         self._closed_by_peer()
@@ -514,7 +528,7 @@ class Connection(FlowControlled):
         if self._timer is not None:
             self._timer.cancel()
         self.state.discard(self)
-        if self._in_request and self._direct is None and self._task is not None:
+        if self.phase is TASK and self._task is not None:
             # nginx's default (proxy_ignore_client_abort off): abandon the work, so a
             # proxied request or a database query is cancelled with its client.
             self._task.cancel()
@@ -545,7 +559,6 @@ class Connection(FlowControlled):
     async def _next_head(self) -> RequestHead | None:
         """The next request's head; None when the connection ends quietly. A malformed or
         late head is answered with its error status here."""
-        self._waiting_head = True
         self._head_started = self._head_started if self._requests == 0 else None
         if self.parser.in_message:
             self._head_started = self._last_read
@@ -556,8 +569,6 @@ class Connection(FlowControlled):
         except HTTPError as exc:
             await self._send_error(exc, exc.status)
             return None
-        finally:
-            self._waiting_head = False
         assert isinstance(event, RequestHead), event
         return event
 
@@ -570,11 +581,12 @@ class Connection(FlowControlled):
         else:
             request, handler = Request(head, self), self.handler
             since = self.loop.time()
-        self._in_request = True
+        self._enter(TASK)
         try:
             return await self._answer_request(request, handler, since)
         finally:
-            self._in_request = False
+            if self.phase is TASK:
+                self._enter(IDLE)
 
     async def _answer_request(self, request: Request, handler: Handler, since: float) -> bool:
         head = request.head
@@ -659,14 +671,13 @@ class Connection(FlowControlled):
     ) -> None:
         self._last_write = self.loop.time()
         self._direct = None
-        self._in_request = False
+        self._enter(IDLE)
         self._requests += 1
         if self.on_response is not None:
             self._log_exchange(request, status, sent, self._direct_since)
         if not keep_alive:
             self._end()
             return
-        self._waiting_head = True
         self._head_started = self._last_read if self.parser.in_message else None
         if self.events:
             self._wake_task()  # pipelined requests
@@ -700,7 +711,7 @@ class Connection(FlowControlled):
         self._handed_over = (request, handler)
         self.events.appendleft(request.head)
         self.buffered += EVENT_SIZE
-        self._waiting_head = True
+        self._enter(IDLE)
         self._wake_task()
 
     def _end(self) -> None:
@@ -741,7 +752,7 @@ class Connection(FlowControlled):
 
     def _closed_by_peer(self) -> None:
         self.closed = True
-        if self._task is None and self._direct is None and not self.events:
+        if self._task is None and self.phase is not DIRECT and not self.events:
             self._close()  # nothing left to answer, and no task to tell
         else:
             self.wake()
@@ -900,7 +911,7 @@ class Connection(FlowControlled):
     def _deadline(self) -> tuple[float, str] | None:
         config = self.config
         deadlines = []
-        if self._waiting_head:
+        if self.phase is IDLE:
             if self._head_started is not None:
                 deadlines.append((self._head_started + config.request_timeout, "head"))
             else:
@@ -961,7 +972,7 @@ class Connection(FlowControlled):
 
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, otherwise after the current response."""
-        if not self._in_request and not self.parser.in_message and not self.events:
+        if self.phase is IDLE and not self.parser.in_message and not self.events:
             self._closed_by_peer()
 
     def abort(self) -> None:
@@ -977,6 +988,7 @@ class Connection(FlowControlled):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self._enter(CLOSING)
         unread_input = (
             self._error is not None
             or self.parser.in_message
@@ -988,7 +1000,6 @@ class Connection(FlowControlled):
         # Lingering close, as nginx does: closing with unread input makes the kernel send
         # a reset that can destroy the response (a 413, a 431) before the client reads
         # it. Send FIN, drop what still arrives, and close on the client's FIN or soon.
-        self._lingering = True
         transport.write_eof()
         transport.resume_reading()
         self.loop.call_later(limits.LINGER_TIMEOUT, transport.close)

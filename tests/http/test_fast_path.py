@@ -200,3 +200,19 @@ async def test_keep_alive_idle_time_counts_from_the_answer(servers: list[Server]
         await client.send(b"GET /decline HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (await client.response())[2] == b"/decline|"
     assert await client.closed(timeout=2)  # and idle after that, it ends
+
+
+def test_the_connection_phases_form_one_machine() -> None:
+    """Every phase is reachable from IDLE, CLOSING is the only end, and the fast path
+    cannot skip to the task path without going through IDLE (its head queued again)."""
+    from foobar.http.server import _TRANSITIONS, CLOSING, DIRECT, IDLE, TASK
+
+    reachable, frontier = {IDLE}, [IDLE]
+    while frontier:
+        for following in _TRANSITIONS[frontier.pop()]:
+            if following not in reachable:
+                reachable.add(following)
+                frontier.append(following)
+    assert reachable == {IDLE, DIRECT, TASK, CLOSING}
+    assert [phase for phase, nexts in _TRANSITIONS.items() if not nexts] == [CLOSING]
+    assert TASK not in _TRANSITIONS[DIRECT]
