@@ -25,12 +25,10 @@ and most of what a proxied request costs in Python.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any, Final
@@ -47,6 +45,16 @@ from foobar.http.errors import (
 from foobar.http.flow import EVENT_SIZE, FlowControlled
 from foobar.http.listener import Listener
 from foobar.http.parser import END, Event, RequestHead, RequestParser
+from foobar.http.writer import (
+    FileBody as FileBody,
+)
+from foobar.http.writer import (
+    Response as Response,
+)
+from foobar.http.writer import (
+    ResponseWriter,
+    frame,
+)
 
 log = logging.getLogger("foobar.http.server")
 
@@ -67,24 +75,6 @@ class ServerConfig:
     accept_proxy: bool = False
     # open connections at most (HAProxy's maxconn); None: derived from the open-files limit
     max_connections: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FileBody:
-    """`count` bytes of an open file from `offset`, sent with sendfile(2) on plain
-    connections. The server closes `fd` once the response is written."""
-
-    fd: int
-    offset: int
-    count: int
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    headers: hdrs.Headers = field(default_factory=list)
-    body: bytes | AsyncIterable[bytes] | FileBody = b""
-    reason: bytes | None = None
 
 
 Handler = Callable[["Request"], Awaitable[Response]]
@@ -275,40 +265,6 @@ class ServerState:
             self.on_discard()
 
 
-_DATE_CACHE: list[Any] = [0, b""]
-
-
-def http_date() -> bytes:
-    """The Date header value, formatted once a second."""
-    now = int(time.time())
-    if _DATE_CACHE[0] != now:
-        _DATE_CACHE[0] = now
-        _DATE_CACHE[1] = email.utils.formatdate(now, usegmt=True).encode()
-    return bytes(_DATE_CACHE[1])
-
-
-# Response fields the writer looks at: the framing ones it owns (a handler's copies would
-# contradict the real framing), the declared length, and whether a Date was given.
-_SPECIAL_FIELDS: Final = {
-    b"connection": "framing",
-    b"transfer-encoding": "framing",
-    b"keep-alive": "framing",
-    b"content-length": "length",
-    b"date": "date",
-}
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def status_line(status: int, reason: bytes | None) -> bytes:
-    if reason is None:
-        line = _STATUS_LINES.get(status)
-        if line is None:
-            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
-            line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
-        return line
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-
-
 # A client connection's phase: one at a time, changed only by `Connection._enter()` along
 # `_TRANSITIONS` (h11's _state.py is the model). The read side is apart (`closed`: no more
 # bytes will come): a client may half-close after its request and still be answered.
@@ -358,6 +314,7 @@ class Connection(FlowControlled):
         "phase",
         "scheme",
         "state",
+        "writer",
     )
 
     def __init__(self, server: Server) -> None:
@@ -371,6 +328,7 @@ class Connection(FlowControlled):
         self.error_page = server.error_page
         self.scheme = server.scheme
         self.parser = RequestParser(config.max_header_bytes, config.max_header_fields)
+        self.writer = ResponseWriter(self)
         self.peer: tuple[str, int] = ("", 0)
         self._forwarding_fields: bytes | None = None
         self._error: HTTPError | None = None
@@ -609,7 +567,7 @@ class Connection(FlowControlled):
         if request.body.continue_withheld:
             keep_alive = False
         keep_alive = keep_alive and not self.state.closing
-        sent, complete = await self._write_response(request, response, keep_alive)
+        sent, complete = await self.writer.write(request.head, response, keep_alive)
         self._last_write = self.loop.time()
         if self.on_response is not None:
             self._log_exchange(request, response.status, sent, since)
@@ -658,7 +616,8 @@ class Connection(FlowControlled):
         assert isinstance(body, bytes), "respond() hands a streamed body to the task"
         head = request.head
         keep_alive = keep_alive and head.keep_alive and not self.state.closing
-        lines, length, no_body, _, keep_alive = _response_head(head, response, keep_alive)
+        lines, framing = frame(head, response, keep_alive)
+        no_body, length, keep_alive = framing.no_body, framing.length, framing.keep_alive
         if not no_body and body:
             lines.append(body)
         transport = self.transport
@@ -763,137 +722,13 @@ class Connection(FlowControlled):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    async def _drain(self) -> None:
+    async def wait_writable(self) -> None:
+        """The writer's wait for room in the transport, with the send timeout running."""
         if self.drain_waiter is None:
             return
         self._last_write = self.loop.time()
         self._arm_timer()
         await self.drain()
-
-    async def _write_response(
-        self, request: Request, response: Response, keep_alive: bool
-    ) -> tuple[int, bool]:
-        """Write `response`; returns (body bytes sent, whether the framing was kept)."""
-        transport = self.transport
-        assert transport is not None
-        lines, length, no_body, chunked, keep_alive = _response_head(
-            request.head, response, keep_alive
-        )
-        body = response.body
-        if transport.is_closing():
-            await _discard(body)  # a proxied stream must still end: its upstream, its slot
-            raise ConnectionClosed("client closed the connection")
-        if isinstance(body, bytes):
-            if not no_body and body:
-                lines.append(body)
-            transport.write(b"".join(lines))
-            if self.drain_waiter is not None:
-                await self._drain()
-            return (0 if no_body else length or 0), keep_alive
-        if isinstance(body, FileBody):
-            transport.write(b"".join(lines))
-            try:
-                sent = 0 if no_body else await self._send_file(body)
-            finally:
-                os.close(body.fd)
-            return sent, keep_alive and (no_body or sent == body.count)
-        if no_body:
-            transport.write(b"".join(lines))
-            await _close_iterable(body)
-            return 0, keep_alive
-        return await self._stream_body(b"".join(lines), body, length, chunked, keep_alive)
-
-    async def _send_file(self, body: FileBody) -> int:
-        """sendfile(2) straight from the page cache to the socket while the socket takes
-        it; when it is full, one chunk goes through the transport, whose drain says when
-        the socket has room again. uvloop has no native loop.sendfile (asyncio's falls
-        back to reading the file in a thread), hence this."""
-        transport = self.transport
-        assert transport is not None
-        sock = transport.get_extra_info("socket")
-        zero_copy = self.scheme == "http" and sock is not None
-        offset, left = body.offset, body.count
-        while left > 0:
-            sent: int | None = None
-            if zero_copy:
-                await self._drain_all()  # our bytes must not overtake the transport's
-                try:
-                    sent = os.sendfile(sock.fileno(), body.fd, offset, left)
-                except BlockingIOError:
-                    sent = None
-                except OSError as exc:
-                    raise ConnectionClosed(f"client gone during sendfile: {exc}") from exc
-            if sent is None:
-                chunk = os.pread(body.fd, min(left, limits.FILE_CHUNK), offset)
-                sent = len(chunk)
-                if chunk:
-                    transport.write(chunk)
-                    await self._drain()
-            if sent == 0:
-                log.warning("event=file_shrank sent=%d missing=%d", body.count - left, left)
-                break
-            offset += sent
-            left -= sent
-        return body.count - left
-
-    async def _drain_all(self) -> None:
-        """Wait until the transport has written everything it holds."""
-        transport = self.transport
-        assert transport is not None
-        while transport.get_write_buffer_size():
-            # a high-water mark of 0 makes the transport pause us (pause_writing) until
-            # its buffer is empty (resume_writing)
-            transport.set_write_buffer_limits(0, 0)
-            try:
-                await self._drain()
-            finally:
-                transport.set_write_buffer_limits(self.config.high_water, self.config.low_water)
-
-    async def _stream_body(
-        self,
-        head: bytes,
-        body: AsyncIterable[bytes],
-        length: int | None,
-        chunked: bool,
-        keep_alive: bool,
-    ) -> tuple[int, bool]:
-        """The head goes out with the first piece of the body: one write, not two, for
-        the common small response."""
-        transport = self.transport
-        assert transport is not None
-        sent = 0
-        try:
-            async for chunk in body:
-                if not chunk:
-                    continue
-                sent += len(chunk)
-                if length is not None and sent > length:
-                    raise ProtocolError(f"response body longer than its Content-Length {length}")
-                if chunked:
-                    transport.writelines((head, b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-                else:
-                    transport.writelines((head, chunk))
-                head = b""
-                if self.drain_waiter is not None:
-                    await self._drain()
-        except (HTTPError, OSError) as exc:
-            if isinstance(exc, ConnectionClosed):
-                raise
-            # The status line is gone: the only way left to say "broken" is to cut the
-            # connection, so the client sees a truncated body, not a complete wrong one.
-            log.warning("event=response_aborted reason=%r sent=%d", str(exc), sent)
-            return sent, False
-        finally:
-            if head:
-                transport.write(head)  # the body ended (or broke) before its first byte
-            await _close_iterable(body)
-        if length is not None and sent != length:
-            log.warning("event=response_short declared=%d sent=%d", length, sent)
-            return sent, False
-        if chunked:
-            transport.write(b"0\r\n\r\n")
-            await self._drain()
-        return sent, keep_alive
 
     async def _send_error(self, exc: Exception, status: int) -> None:
         """Answer a request we could not parse or wait for, then close."""
@@ -904,7 +739,7 @@ class Connection(FlowControlled):
         )
         # a stand-in head: the request could not be read, so answer as to a plain GET
         head = RequestHead("GET", b"", "1.1", [], False, False, None, False)
-        await self._write_response(Request(head, self), self.error_page(status, str(exc)), False)
+        await self.writer.write(head, self.error_page(status, str(exc)), False)
 
     # timeouts
 
@@ -1005,53 +840,6 @@ class Connection(FlowControlled):
         self.loop.call_later(limits.LINGER_TIMEOUT, transport.close)
 
 
-def _response_head(
-    head: RequestHead, response: Response, keep_alive: bool
-) -> tuple[list[bytes], int | None, bool, bool, bool]:
-    """The response's head as a list of byte strings, and what its writer must know:
-    (lines, Content-Length or None, no body to send, chunked, keep-alive)."""
-    status = response.status
-    body = response.body
-    no_body = head.method == "HEAD" or status < 200 or status in (204, 304)
-    lines = [status_line(status, response.reason)]
-    length: int | None = None
-    has_date = False
-    for name, value in response.headers:
-        special = _SPECIAL_FIELDS.get(name.lower())
-        if special is not None:
-            if special == "framing":
-                continue
-            if special == "length":
-                length = int(value)
-                continue
-            has_date = True
-        lines += (name, b": ", value, b"\r\n")
-    if not has_date:
-        lines += (b"Date: ", http_date(), b"\r\n")
-    if no_body and length is not None:
-        pass  # a declared length stands when no body is sent: HEAD, 304 (RFC 9110 §8.6)
-    elif status == 304:
-        pass  # and only a declared one: an empty body is not the size
-    elif isinstance(body, bytes):
-        length = len(body)
-    elif isinstance(body, FileBody):
-        length = body.count
-    chunked = length is None and not no_body and head.version == "1.1"
-    if length is None and not no_body and not chunked:
-        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
-    if length is not None and status >= 200 and status != 204:
-        lines += (b"Content-Length: ", str(length).encode(), b"\r\n")
-    elif chunked:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
-    if not keep_alive:
-        lines.append(b"Connection: close\r\n\r\n")
-    elif head.version == "1.0":
-        lines.append(b"Connection: keep-alive\r\n\r\n")
-    else:
-        lines.append(b"\r\n")
-    return lines, length, no_body, chunked, keep_alive
-
-
 def _answered_with(response: Response) -> Handler:
     async def handler(request: Request) -> Response:
         return response
@@ -1062,19 +850,6 @@ def _answered_with(response: Response) -> Handler:
 def _breaks_framing(exc: HTTPError) -> bool:
     """After these the rest of the request cannot be read reliably."""
     return isinstance(exc, ProtocolError | BodyTooLarge | RequestTimeout)
-
-
-async def _discard(body: bytes | AsyncIterable[bytes] | FileBody) -> None:
-    if isinstance(body, FileBody):
-        os.close(body.fd)
-    elif not isinstance(body, bytes):
-        await _close_iterable(body)
-
-
-async def _close_iterable(body: AsyncIterable[bytes]) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 class Server:
