@@ -505,7 +505,6 @@ class Connection(FlowControlled):
                     break
                 if not await self._answer(head):
                     break
-                self._requests += 1
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
@@ -568,9 +567,7 @@ class Connection(FlowControlled):
             keep_alive = False
         keep_alive = keep_alive and not self.state.closing
         sent, complete = await self.writer.write(request.head, response, keep_alive)
-        self._last_write = self.loop.time()
-        if self.on_response is not None:
-            self._log_exchange(request, response.status, sent, since)
+        self._answered(request, response.status, sent, since)
         if self.events and self.events[0] is END and not request.body.complete:
             self.pop()  # the end of a bodiless request, already here: no need to wait for it
             request.body.complete = True
@@ -598,10 +595,15 @@ class Connection(FlowControlled):
             return False
         return True
 
-    def _log_exchange(self, request: Request, status: int, sent: int, since: float) -> None:
-        assert self.on_response is not None
-        duration = self.loop.time() - since
-        self.on_response(Exchange(request, status, sent, time.time() - duration, duration))
+    def _answered(self, request: Request, status: int, sent: int, since: float) -> None:
+        """The bookkeeping after every response, on either path: the keep-alive time
+        counts from here, and the access log and metrics hear of it (`since`: when the
+        request's head was complete)."""
+        now = self._last_write = self.loop.time()
+        self._requests += 1
+        if self.on_response is not None:
+            duration = now - since
+            self.on_response(Exchange(request, status, sent, time.time() - duration, duration))
 
     # the fast path
 
@@ -628,12 +630,9 @@ class Connection(FlowControlled):
     def _answered_directly(
         self, request: Request, status: int, sent: int, keep_alive: bool
     ) -> None:
-        self._last_write = self.loop.time()
         self._direct = None
         self._enter(IDLE)
-        self._requests += 1
-        if self.on_response is not None:
-            self._log_exchange(request, status, sent, self._direct_since)
+        self._answered(request, status, sent, self._direct_since)
         if not keep_alive:
             self._end()
             return
