@@ -418,12 +418,17 @@ class UpstreamPool:
 
     def send_now(self, waiter: AnswerWaiter, method: str, head: bytes) -> None:
         """Send a request without a body (`head`, framed) on an idle connection at once,
-        and answer from the connection's callbacks: `waiter.answer_arrived()` once the
-        whole final answer is there (the connection back in the pool). Whatever has to
-        wait goes to `waiter.must_wait()`: with None when no idle connection could take
-        it (nothing was sent), with the connection as soon as the answer must be read in
-        a task (`request(..., sent=connection)`): a long or interim answer, a failure,
-        a close."""
+        and answer from the connection's callbacks.
+
+        Exactly one of these follows, once:
+        - `waiter.must_wait(None)` now: no idle connection; nothing was sent.
+        - `waiter.answer_arrived(head, body)`: the whole final answer (at most
+          DIRECT_RESPONSE_BYTES) arrived; the connection is already back in the pool
+          (or closed, if it cannot be reused).
+        - `waiter.must_wait(connection)`: the answer must be read in a task with
+          `request(..., sent=connection)`: it is long, interim (1xx), broken, late, or
+          the connection closed; the events read so far stay queued on it, and the
+          task's read raises the failure, if any, with `response_started` set."""
         connection = self._take_idle()
         if connection is None:
             waiter.must_wait(None)

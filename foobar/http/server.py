@@ -172,7 +172,12 @@ class Request:
 
     def respond(self, response: Response) -> None:
         """Answer a request the fast handler took. A bytes body goes out at once; one
-        that streams (a file, an iterable) is written by the connection's task."""
+        that streams (a file, an iterable) is written by the connection's task.
+
+        Before: the fast handler took this request (the connection is DIRECT with it)
+        and has called none of respond/respond_raw/continue_in_task for it. After: the
+        connection is IDLE again (the next request may be offered at once), or CLOSING
+        when the answer ends it; RuntimeError if the request was not being answered."""
         if isinstance(response.body, bytes):
             self._connection.respond_directly(self, response)
         else:
@@ -181,12 +186,19 @@ class Request:
     def respond_raw(self, status: int, head: bytes, body: bytes) -> None:
         """Answer a request the fast handler took with a head already serialised: the
         status line and field lines, a Content-Length that frames `body` among them, but
-        not the empty line that ends the head: the core adds its framing and that line."""
+        not the empty line that ends the head: the core adds its framing and that line.
+        Same contract as `respond`."""
         self._connection.respond_raw(self, status, head, body)
 
     def continue_in_task(self, handler: Handler) -> None:
         """Hand a request the fast handler took to the connection's task: `handler`
-        answers it as if it had been the server's handler from the start."""
+        answers it as if it had been the server's handler from the start.
+
+        Before: as for `respond`. After: the connection is IDLE with the request's head
+        first in its queue and the task woken (started if it had none); the task takes
+        the head with `handler`, keeps the arrival time for the access log, and answers
+        requests pipelined behind it in order afterwards. May be called from any
+        callback, later than the fast handler's return (an upstream's answer)."""
         self._connection.hand_over(self, handler)
 
 
