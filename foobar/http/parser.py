@@ -114,6 +114,8 @@ SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# A request's fields on_header notes, besides Host.
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # The framing fields of a response head, found in its bytes (whole field names: llhttp
 # refused bare LFs, so every "\r\n" starts a field line).
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
@@ -247,11 +249,10 @@ class RequestParser(_Parser):
         """Ready for the next request's head."""
         self._target = b""
         self._headers: hdrs.Headers = []
-        self._chunked = False  # the request's framing, noted by on_header
-        self._length: int | None = None
-        self._expect: bytes | None = None
         self._hosts: list[bytes] = []  # Host values, checked once the head is complete
-        self._raw_head_size = 0
+        # Content-Length, Transfer-Encoding and Expect as on_header met them (lower-case
+        # names): most requests have none, so none is made
+        self._framing: dict[bytes, bytes] | None = None
 
     def _check_size(self) -> None:
         """The header limits, for a head that began in a read larger than the size limit
@@ -272,26 +273,22 @@ class RequestParser(_Parser):
             lowered = name.lower()
             if lowered == b"host":
                 self._hosts.append(value)
-            elif lowered == b"content-length":
-                self._length = int(value)  # llhttp has checked the digits and duplicates
-            elif lowered == b"transfer-encoding":
-                self._chunked = True  # llhttp has checked that it ends in `chunked`
-            elif lowered == b"expect":
-                self._expect = value
+            elif lowered in _FRAMING_FIELDS:
+                if self._framing is None:
+                    self._framing = {}
+                self._framing[lowered] = value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         version = self._version()
+        headers = self._headers
         if self._raw_head_size or self._fed > self.max_header_bytes:
             self._check_size()
-        if len(self._headers) > self.max_header_fields:
+        if len(headers) > self.max_header_fields:
             self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
-        parser = self._parser
-        chunked = self._chunked
-        if chunked and version == "1.0":
-            # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
-            # treat the framing as faulty and close; refusing is the safe reading.
-            self._refuse(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
+        length = chunked = expect = None
+        if self._framing is not None:
+            length, chunked, expect = self._framing_of(self._framing, version)
         hosts = self._hosts
         if len(hosts) != 1:
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; two could
@@ -300,20 +297,35 @@ class RequestParser(_Parser):
                 self._refuse(ProtocolError(f"{len(hosts)} Host fields in the request"))
         elif _HOST.fullmatch(hosts[0]) is None:
             self._refuse(ProtocolError(f"invalid Host {hosts[0]!r}"))
-        expect = self._expect
+        parser = self._parser
         self._events.append(
             RequestHead(
                 parser.get_method().decode("ascii"),
                 self._target,
                 version,
-                self._headers,
+                headers,
                 parser.should_keep_alive(),
-                chunked,
-                self._length,
-                expect is not None and expect.lower() == b"100-continue" and version == "1.1",
+                chunked is not None,
+                length,
+                expect is not None,
             )
         )
         self._next_head()
+        self._raw_head_size = 0
+
+    def _framing_of(
+        self, framing: dict[bytes, bytes], version: str
+    ) -> tuple[int | None, bool | None, bool | None]:
+        """(Content-Length, chunked or None, expects 100-continue or None)."""
+        length = framing.get(b"content-length")
+        chunked = b"transfer-encoding" in framing or None  # llhttp: it ends in `chunked`
+        if chunked and version == "1.0":
+            # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
+            # treat the framing as faulty and close; refusing is the safe reading.
+            self._refuse(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
+        expect = framing.get(b"expect", b"").lower() == b"100-continue" and version == "1.1"
+        # llhttp has checked the length's digits and refused two of them
+        return None if length is None else int(length), chunked, expect or None
 
     def _check_upgrade(self, events: list[Event]) -> None:
         if self._parser.get_method() == b"CONNECT":

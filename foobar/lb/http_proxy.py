@@ -91,7 +91,9 @@ class HttpFrontend:
         return plan  # type: ignore[return-value]
 
     def pick_now(self, exchange: ProxyExchange[Server]) -> Server | None:
-        backend, sticky = self.plan(exchange)
+        backend = self.balancer.backends[self.settings.backend]  # per request: reloads
+        sticky = self.sticky_server(backend, exchange.request) if backend.settings.cookie else None
+        exchange.plan = (backend, sticky)
         if sticky is not None:
             backend.take(sticky)
             return sticky

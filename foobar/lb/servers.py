@@ -129,6 +129,8 @@ class Backend:
         ]
         self._normal = [server for server in self.servers if not server.settings.backup]
         self._backups = [server for server in self.servers if server.settings.backup]
+        # without a maxconn anywhere every usable server has a slot: no filtering per pick
+        self._slots_limited = any(server.settings.maxconn for server in self.servers)
         self.algorithm: Algorithm = algorithms.create(settings.algorithm)
         self.algorithm.update(self.servers)
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -187,7 +189,9 @@ class Backend:
     def _take_free(
         self, usable: list[Server], request: RequestInfo, avoid: Server | None
     ) -> Server | None:
-        candidates = [server for server in usable if server.has_slot]
+        candidates = (
+            [server for server in usable if server.has_slot] if self._slots_limited else usable
+        )
         if avoid is not None and len(candidates) > 1:
             candidates = [server for server in candidates if server is not avoid]
         picked = self.algorithm.pick(candidates, request) if candidates else None
@@ -198,10 +202,11 @@ class Backend:
         return picked
 
     def take(self, server: Server) -> None:
-        server.active += 1
+        active = server.active = server.active + 1
         counters = server.counters
         counters.sessions_total += 1
-        counters.sessions_max = max(counters.sessions_max, server.active)
+        if active > counters.sessions_max:
+            counters.sessions_max = active
         self.algorithm.started(server)
 
     def release(self, server: Server) -> None:
