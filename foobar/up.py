@@ -9,6 +9,7 @@ Ports, from `--base-port` B (8080):
     B+1..    web servers         B+11..   app servers      B+21, B+22   MariaDB primary, replica
     B+100    the balancer's admin (stats)    B+101.. web admins    B+111.. app admins
     B+121    the database's admin
+    B+200    the status page (the whole site at a glance)
     B+201    Prometheus      B+202    Alertmanager   (with --monitoring)
 """
 
@@ -35,6 +36,8 @@ from foobar import monitoring
 from foobar.errors import FoobarError
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.settings import HostPort
+from foobar.statuspage.collector import Collector, Target
+from foobar.statuspage.server import StatusPage
 
 HOST = "127.0.0.1"
 STOP_TIMEOUT = 30.0
@@ -90,6 +93,7 @@ class Plan:
 
     def all_ports(self) -> list[int]:
         ports = [self.port(0), self.port(100), self.port(21), self.port(22), self.port(121)]
+        ports.append(self.port(200))
         ports += [self.port(1 + i) for i in range(self.webs)] + [
             self.port(101 + i) for i in range(self.webs)
         ]
@@ -215,6 +219,7 @@ class Site:
         self.stopping = False
         self.logs = plan.state_dir / "logs"
         self.watchers: set[asyncio.Task[None]] = set()
+        self.page: StatusPage | None = None
 
     async def start_child(self, child: Child) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -345,6 +350,13 @@ class Site:
         await self.wait_ready(lb, "web servers up")
         if plan.monitoring:
             await self.start_monitoring()
+        targets = [
+            Target(child.role, child.name, child.address, child.admin)
+            for child in self.children
+            if child.role != "monitoring"
+        ]
+        self.page = StatusPage(Collector(targets))
+        await self.page.start(HostPort(HOST, plan.port(200)))
 
     async def start_monitoring(self) -> None:
         """Prometheus scraping every role's admin listener, and Alertmanager."""
@@ -388,6 +400,7 @@ class Site:
             )
         else:
             lines.append(f"  http://localhost:{plan.port(0)}/")
+        lines.append(f"  status page: http://{HOST}:{plan.port(200)}/")
         lines.append(f"  load balancer stats: http://{HOST}:{plan.port(100)}/stats")
         if plan.monitoring:
             lines.append(f"  Prometheus: http://{HOST}:{plan.port(201)}/alerts")
@@ -443,6 +456,8 @@ class Site:
         """SIGTERM in reverse order of start (the balancer first, the database last), then
         SIGKILL what has not stopped within STOP_TIMEOUT."""
         self.stopping = True
+        if self.page is not None:
+            await self.page.stop()
         for child in reversed(self.children):
             process = child.process
             if process is None or process.returncode is not None:
