@@ -27,9 +27,10 @@ from tests.monitoring.rulefiles import RULE_FILES, metric_names, rules
             "histogram_quantile(0.99, sum by (le) (rate(foobar_app_request_seconds_bucket[5m])))",
             {"foobar_app_request_seconds_bucket"},
         ),
-        ("foobar_lb_tls_cert_not_after_timestamp_seconds - time() < 14 * 86400", {
-            "foobar_lb_tls_cert_not_after_timestamp_seconds"
-        }),
+        (
+            "foobar_lb_tls_cert_not_after_timestamp_seconds - time() < 14 * 86400",
+            {"foobar_lb_tls_cert_not_after_timestamp_seconds"},
+        ),
         ("job:foobar_requests:rate5m * 0 and bool 1e3", {"job:foobar_requests:rate5m"}),
         ('label_replace(foo, "dst", "$1", "src", "(.*)")', {"foo"}),
         ("count by (vrrp_instance) (foobar_lb_vrrp_state == 2) > 1", {"foobar_lb_vrrp_state"}),
