@@ -155,7 +155,7 @@ class Collector:
                     "reason": node.reason,
                     "rate": requests,
                     "errors": errors,
-                    "p99": self.p99([node]) if node.target.role in metrics.LATENCY else None,
+                    "p99": self.p99([node]) if requests is not None else None,
                 }
             )
         nodes += database.get("instances", [])
