@@ -29,6 +29,10 @@ function duration(seconds) {
   return seconds < 1 ? `${(seconds * 1000).toFixed(0)} ms` : `${seconds.toFixed(2)} s`;
 }
 
+function clip(text, length) {
+  return text.length > length ? `${text.slice(0, length - 1)}…` : text;
+}
+
 // the lines under a node's name: what a person checks first for that role
 function details(node) {
   if (node.role === "primary" || node.role === "replica") {
@@ -39,7 +43,7 @@ function details(node) {
   }
   const lines = [`${node.role} · ${node.address}`, `${number(node.rate)} req/s · ${number(node.errors, 2)} 5xx/s`];
   if (node.p99 !== null && node.p99 !== undefined) lines.push(`p99 ${duration(node.p99)}`);
-  else lines.push(node.health === "up" ? "" : node.reason.slice(0, 34));
+  else if (node.health !== "up") lines.push(clip(node.reason, 30));
   return lines;
 }
 
