@@ -34,8 +34,10 @@ def test_trustme_certificate_dates(
 def test_openssl_self_signed_certificate(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=www.foobar.com"],
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=www.foobar.com"),
+        ],
         check=True,
         capture_output=True,
     )
