@@ -270,6 +270,37 @@ def test_a_stopped_web_server_fires_its_alert_and_the_restart_resolves_it(
     assert 30 <= fired < 45  # the rule's `for: 30s`, then one scrape and one evaluation
 
 
+def test_alertmanager_inhibits_server_down_while_the_whole_backend_is_down(
+    site: LiveSite,
+) -> None:
+    """alertmanager.yml's inhibition, in the running Alertmanager: alerts posted as
+    Prometheus posts them, for a balancer on another address than the site's."""
+    labels = {"job": "lb", "instance": "192.0.2.1:9100", "backend": "web"}
+    posted = [
+        {"labels": {**labels, "alertname": "FoobarLbBackendDown", "severity": "critical"}},
+        {"labels": {**labels, "alertname": "FoobarLbServerDown", "server": "web1",
+                    "severity": "warning"}},
+        {"labels": {**labels, "instance": "192.0.2.2:9100", "alertname": "FoobarLbServerDown",
+                    "server": "web1", "severity": "warning"}},
+    ]  # fmt: skip
+    response = httpx.post(site.url(202, "/api/v2/alerts"), json=posted, timeout=5)
+    assert response.status_code == 200
+
+    def states() -> dict[str, str] | None:
+        found = {
+            f"{a['labels']['alertname']}@{a['labels']['instance']}": a["status"]["state"]
+            for a in httpx.get(site.url(202, "/api/v2/alerts"), timeout=5).json()
+            if a["labels"]["instance"].startswith("192.0.2.")
+        }
+        return found if "suppressed" in found.values() else None
+
+    assert wait_for(states, 10, "the inhibition") == {
+        "FoobarLbBackendDown@192.0.2.1:9100": "active",
+        "FoobarLbServerDown@192.0.2.1:9100": "suppressed",  # same balancer and backend
+        "FoobarLbServerDown@192.0.2.2:9100": "active",  # another balancer's
+    }
+
+
 def test_the_status_page_in_a_browser(site: LiveSite, tmp_path: Path) -> None:
     screenshot = tmp_path / "status.png"
     browser = subprocess.Popen(

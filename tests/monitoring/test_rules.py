@@ -51,6 +51,15 @@ def test_alertmanager_configuration() -> None:
     assert "SUCCESS" in output
 
 
+@pytest.mark.parametrize(("severity", "receiver"), [("critical", "pager"), ("warning", "ops")])
+def test_alertmanager_routes_by_severity(severity: str, receiver: str) -> None:
+    output = run(
+        tool("amtool"), "config", "routes", "test", "--config.file", "alertmanager.yml",
+        f"severity={severity}", "alertname=FoobarWebServerDown", "job=web",
+    )  # fmt: skip
+    assert output.split()[0] == receiver
+
+
 @pytest.mark.parametrize("path", RULE_FILES, ids=lambda path: path.name)
 def test_every_alert_is_documented_and_unit_tested(path: Path) -> None:
     tests = yaml.safe_load((MONITORING / "tests" / f"{path.stem}_test.yml").read_text())
