@@ -105,3 +105,11 @@ def test_the_local_configuration_matches_the_deployed_one(tmp_path: Path) -> Non
     assert json.loads(path.read_text()) == local
     output = run(tool("promtool"), "check", "config", path)
     assert f"{len(RULE_FILES)} rule files found" in output
+
+
+def test_missing_tools_are_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(monitoring.MonitoringError, match="apt-get install prometheus "):
+        monitoring.find_tools()
