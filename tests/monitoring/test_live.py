@@ -301,6 +301,42 @@ def test_alertmanager_inhibits_server_down_while_the_whole_backend_is_down(
     }
 
 
+def test_the_status_page_on_its_own(site: LiveSite, tmp_path: Path) -> None:
+    """`python -m foobar.statuspage` as on the monitoring host, from a settings file."""
+    port = next(p for p in range(site.base + 250, site.base + 300) if port_free(p))
+    targets = "".join(
+        f'[[statuspage.targets]]\nrole = "{name.rstrip("0123456789")}"\nname = "{name}"\n'
+        f'admin = "127.0.0.1:{site.base + offset}"\n\n'
+        for name, offset in site.admins.items()
+    )
+    config = tmp_path / "status.toml"
+    config.write_text(f'[statuspage]\nbind = "127.0.0.1:{port}"\n\n{targets}')
+    page = subprocess.Popen(
+        [sys.executable, "-m", "foobar.statuspage", "--config", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def all_up() -> dict[str, str] | None:
+            try:
+                nodes = httpx.get(f"http://127.0.0.1:{port}/api/site", timeout=5).json()["nodes"]
+            except httpx.HTTPError:
+                return None
+            health = {node["id"]: node["health"] for node in nodes}
+            return health if set(health.values()) == {"up"} else None
+
+        assert set(wait_for(all_up, 20, "the standalone page")) == {
+            "lb:lb1", "web:web1", "web:web2", "app:app1", "db:primary", "db:replica"
+        }  # fmt: skip
+        page_html = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert page_html.status_code == 200 and b'src="/status.js"' in page_html.content
+    finally:
+        page.send_signal(signal.SIGTERM)
+        _, errors = page.communicate(timeout=30)
+    assert page.returncode == 0, errors.decode()[-2000:]
+
+
 def test_the_status_page_in_a_browser(site: LiveSite, tmp_path: Path) -> None:
     screenshot = tmp_path / "status.png"
     browser = subprocess.Popen(
