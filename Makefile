@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs needed from the system (see scripts/system-packages)
 SITE_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server openssl:openssl
+MONITORING_PACKAGES := promtool:prometheus amtool:prometheus-alertmanager
 TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium \
-	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl
+	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl $(MONITORING_PACKAGES)
 
 .PHONY: up test lint typecheck pytest loadtest bench clean
 
@@ -28,10 +29,13 @@ bench: $(BIN)/.installed
 	@scripts/system-packages $(SITE_PACKAGES) $(BENCH_PACKAGES)
 	$(BIN)/python -m loadtests.bench.run
 
-# the whole site on this machine: https://localhost:8443/ (Ctrl-C stops it)
+# the whole site on this machine: https://localhost:8443/ (Ctrl-C stops it);
+# `make up UP_FLAGS=--monitoring` adds Prometheus and Alertmanager
+UP_FLAGS ?=
 up: $(BIN)/.installed
-	@scripts/system-packages $(SITE_PACKAGES)
-	$(BIN)/python -m foobar up
+	@scripts/system-packages $(SITE_PACKAGES) \
+		$(if $(findstring --monitoring,$(UP_FLAGS)),$(MONITORING_PACKAGES))
+	$(BIN)/python -m foobar up $(UP_FLAGS)
 
 test: lint typecheck pytest
 

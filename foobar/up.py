@@ -9,6 +9,8 @@ Ports, from `--base-port` B (8080):
     B+1..    web servers         B+11..   app servers      B+21, B+22   MariaDB primary, replica
     B+100    the balancer's admin (stats)    B+101.. web admins    B+111.. app admins
     B+121    the database's admin
+    B+200    the status page (the whole site at a glance)
+    B+201    Prometheus      B+202    Alertmanager   (with --monitoring)
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from pathlib import Path
 
 import uvloop
 
+from foobar import monitoring
 from foobar.errors import FoobarError
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.settings import HostPort
+from foobar.statuspage.collector import Collector, Target
+from foobar.statuspage.server import StatusPage
 
 HOST = "127.0.0.1"
 STOP_TIMEOUT = 30.0
@@ -58,6 +63,7 @@ class Child:
     rate: float | None = None
     _last: tuple[float, float] | None = None
     _pool: UpstreamPool | None = field(default=None, repr=False)
+    health_path: str = "/healthz"  # Prometheus and Alertmanager say /-/ready
 
     async def admin_get(self, path: str) -> tuple[int, str]:
         if self._pool is None:
@@ -75,6 +81,8 @@ class Plan:
     webs: int
     apps: int
     tls: bool
+    monitoring: bool = False
+    interval: float = 15.0  # Prometheus's scrape and evaluation interval
 
     def port(self, offset: int) -> int:
         return self.base + offset
@@ -85,12 +93,14 @@ class Plan:
 
     def all_ports(self) -> list[int]:
         ports = [self.port(0), self.port(100), self.port(21), self.port(22), self.port(121)]
+        ports.append(self.port(200))
         ports += [self.port(1 + i) for i in range(self.webs)] + [
             self.port(101 + i) for i in range(self.webs)
         ]
         ports += [self.port(11 + i) for i in range(self.apps)] + [
             self.port(111 + i) for i in range(self.apps)
         ]
+        ports += [self.port(201), self.port(202)] if self.monitoring else []
         return ports + ([self.https_port] if self.tls else [])
 
 
@@ -127,6 +137,8 @@ def preflight(plan: Plan) -> None:
             "openssl is needed for the self-signed certificate: "
             "apt-get install openssl, or use --no-tls"
         )
+    if plan.monitoring:
+        monitoring.find_tools()
     for port in plan.all_ports():
         if not port_free(port):
             raise UpError(f"port {port} on {HOST} is taken; try --base-port")
@@ -207,6 +219,7 @@ class Site:
         self.stopping = False
         self.logs = plan.state_dir / "logs"
         self.watchers: set[asyncio.Task[None]] = set()
+        self.page: StatusPage | None = None
 
     async def start_child(self, child: Child) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -244,7 +257,7 @@ class Site:
                     f"see {self.logs / (child.name + '.log')}"
                 )
             try:
-                status, text = await child.admin_get("/healthz")
+                status, text = await child.admin_get(child.health_path)
                 if status == 200:
                     child.healthy = "ok"
                     return
@@ -335,6 +348,47 @@ class Site:
         )
         await self.start_child(lb)
         await self.wait_ready(lb, "web servers up")
+        if plan.monitoring:
+            await self.start_monitoring()
+        targets = [
+            Target(child.role, child.name, child.address, child.admin)
+            for child in self.children
+            if child.role != "monitoring"
+        ]
+        self.page = StatusPage(Collector(targets))
+        await self.page.start(HostPort(HOST, plan.port(200)))
+
+    async def start_monitoring(self) -> None:
+        """Prometheus scraping every role's admin listener, and Alertmanager."""
+        tools = monitoring.find_tools()
+        plan, folder = self.plan, self.plan.state_dir.resolve() / "monitoring"
+        targets: dict[str, list[str]] = {}
+        for child in self.children:
+            targets.setdefault(child.role, []).append(str(child.admin))
+        alertmanager = HostPort(HOST, plan.port(202))
+        config = monitoring.prometheus_config(
+            targets, plan.interval, str(alertmanager), tools.directory / "rules"
+        )
+        path = monitoring.write_prometheus_config(folder / "prometheus.yml", config)
+        print("starting Prometheus and Alertmanager ...", flush=True)
+        for name, address, command in (
+            (
+                "alertmanager",
+                alertmanager,
+                monitoring.alertmanager_command(tools, folder / "alertmanager", str(alertmanager)),
+            ),
+            (
+                "prometheus",
+                HostPort(HOST, plan.port(201)),
+                monitoring.prometheus_command(
+                    tools, path, folder / "prometheus", f"{HOST}:{plan.port(201)}"
+                ),
+            ),
+        ):
+            child = Child("monitoring", name, command, str(address), address, None)
+            child.health_path = "/-/ready"
+            await self.start_child(child)
+            await self.wait_ready(child, "ready")
 
     def banner(self) -> str:
         plan = self.plan
@@ -346,7 +400,11 @@ class Site:
             )
         else:
             lines.append(f"  http://localhost:{plan.port(0)}/")
+        lines.append(f"  status page: http://{HOST}:{plan.port(200)}/")
         lines.append(f"  load balancer stats: http://{HOST}:{plan.port(100)}/stats")
+        if plan.monitoring:
+            lines.append(f"  Prometheus: http://{HOST}:{plan.port(201)}/alerts")
+            lines.append(f"  Alertmanager: http://{HOST}:{plan.port(202)}/")
         lines.append(f"  logs: {self.logs}/   state: {plan.state_dir}/   Ctrl-C stops everything")
         return "\n".join(lines)
 
@@ -355,7 +413,7 @@ class Site:
             if child.process is None or child.process.returncode is not None:
                 continue
             try:
-                status, text = await child.admin_get("/healthz")
+                status, text = await child.admin_get(child.health_path)
                 child.healthy = "ok" if status == 200 else f"UNHEALTHY: {text.strip()[:40]}"
                 if child.metric:
                     _, metrics = await child.admin_get("/metrics")
@@ -398,6 +456,8 @@ class Site:
         """SIGTERM in reverse order of start (the balancer first, the database last), then
         SIGKILL what has not stopped within STOP_TIMEOUT."""
         self.stopping = True
+        if self.page is not None:
+            await self.page.stop()
         for child in reversed(self.children):
             process = child.process
             if process is None or process.returncode is not None:
@@ -432,7 +492,7 @@ async def run(plan: Plan) -> int:
         print(site.banner(), flush=True)
         await site.show(stop)
         return 0
-    except UpError as exc:
+    except (UpError, monitoring.MonitoringError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -451,12 +511,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web", type=int, default=2, choices=range(1, 10), metavar="N")
     parser.add_argument("--app", type=int, default=2, choices=range(1, 10), metavar="N")
     parser.add_argument("--no-tls", action="store_true", help="HTTP only on the base port")
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus and Alertmanager with deploy/monitoring's rules",
+    )
+    parser.add_argument(
+        "--monitoring-interval",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="Prometheus's scrape and evaluation interval (default 15)",
+    )
     args = parser.parse_args(argv)
     if not 1024 <= args.base_port <= 65535 - 400:
         parser.error("--base-port must leave room for 400 ports above it, from 1024")
-    plan = Plan(args.state_dir, args.base_port, args.web, args.app, not args.no_tls)
+    if not 0.1 <= args.monitoring_interval <= 300:
+        parser.error("--monitoring-interval must be between 0.1 and 300 seconds")
+    plan = Plan(
+        args.state_dir,
+        args.base_port,
+        args.web,
+        args.app,
+        not args.no_tls,
+        args.monitoring,
+        args.monitoring_interval,
+    )
     try:
         return uvloop.run(run(plan))
-    except UpError as exc:
+    except (UpError, monitoring.MonitoringError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

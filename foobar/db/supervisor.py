@@ -110,6 +110,9 @@ class Metrics:
         self.switchovers = Counter(
             "foobar_db_switchovers", "planned switchovers", registry=registry
         )
+        self.max_replica_lag = Gauge(  # so that alerts compare the lag with the setting
+            "foobar_db_max_replica_lag_seconds", "max_replica_lag", registry=registry
+        )
 
     def observe(self, status: NodeStatus) -> None:
         name = status.name
@@ -120,6 +123,7 @@ class Metrics:
         self.sql_running.labels(name).set(bool(status.sql_running))
         self.behind.labels(name).set(-1 if status.seconds_behind is None else status.seconds_behind)
         self.semi_sync.labels(name).set(bool(status.semi_sync))
+        self.restarts.labels(name)  # shown at 0: a first restart is then an increase
 
 
 class Supervisor:
@@ -128,6 +132,7 @@ class Supervisor:
         self.specs = {spec.name: spec for spec in settings.cluster()}
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        self.metrics.max_replica_lag.set(settings.max_replica_lag)
         self.instances: dict[str, ManagedInstance] = {}
         self.nodes: dict[str, Node] = {}
         self.statuses: dict[str, NodeStatus] = {}

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from foobar.admin import Admin
 from foobar.errors import ConfigError
-from foobar.lb import stats
+from foobar.lb import certs, stats
 from foobar.lb.balancer import Balancer
 from foobar.lb.settings import LbSettings
 from foobar.lb.workers import Workers, report_admin_port, worker_index
@@ -32,6 +32,7 @@ class LoadBalancer:
         self.workers = workers
         self.balancer = Balancer(settings, self.registry, reuse_port=settings.workers > 1)
         self.registry.register(stats.StatsCollector(self.balancer))
+        self.registry.register(certs.CertificateCollector(self.balancer))
         self.admin = Admin(
             self.health,
             self.status,
