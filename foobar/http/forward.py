@@ -167,12 +167,10 @@ class ProxyExchange(Generic[T]):
         self.target = None
         route.release(self, target)
         request = self.request
-        if head.content_length == len(body) or request.head.method == "HEAD":
-            passed_on = relayed_head(head.raw)
-            if passed_on is not None:
-                fields = route.response_fields(self, target)
-                request.respond_raw(head.status, passed_on + fields, body)
-                return
+        passed_on = relayed_head(head.raw)
+        if passed_on is not None:
+            request.respond_raw(head.status, passed_on + route.response_fields(self, target), body)
+            return
         body, framing = whole_body(head, body)
         request.respond(self._relay(target, head, body, framing))
 
@@ -329,10 +327,12 @@ class Forwarder(Generic[T]):
 
 
 def relayed_head(raw: bytes) -> bytes | None:
-    """An answer's head as received, its Connection field removed and its final empty
-    line left off, ready for the relay's own fields; None when it has other hop-by-hop
-    fields, or a Connection field that names some: the head is then rebuilt from its
-    field list. Framed by Content-Length (the caller's check), it frames the same body."""
+    """A whole answer's head as received, its Connection field removed and its final
+    empty line left off, ready for the relay's own fields; None when it has other
+    hop-by-hop fields (Transfer-Encoding among them), or a Connection field that names
+    some: the head is then rebuilt from its field list. An answer that ended before the
+    connection did, without Transfer-Encoding, is framed by its Content-Length or has no
+    body (HEAD, 1xx, 204, 304): its head frames the same bytes for the client."""
     head = _CONNECTION_LINE.sub(b"", raw[:-2], count=1)
     if _ANSWER_HOP_BY_HOP.search(head) is not None:
         return None

@@ -66,25 +66,18 @@ class RequestHead:
 
 class ResponseHead:
     """A response's head: what the core acts on, and the head as received (`raw`: status
-    line, fields and the empty line), whose fields are split only when asked for."""
+    line, fields and the empty line). The rest is read from `raw` only when asked for: a
+    proxy relaying the bytes needs the status and little else."""
 
-    __slots__ = ("_headers", "chunked", "content_length", "keep_alive", "raw", "status", "version")
+    __slots__ = ("_headers", "keep_alive", "raw", "status", "version")
 
     def __init__(
-        self,
-        status: int,
-        raw: bytes,
-        version: str = "1.1",
-        keep_alive: bool = True,
-        chunked: bool = False,
-        content_length: int | None = None,
+        self, status: int, raw: bytes, version: str = "1.1", keep_alive: bool = True
     ) -> None:
         self.status = status
         self.raw = raw
         self.version = version
         self.keep_alive = keep_alive
-        self.chunked = chunked
-        self.content_length = content_length
         self._headers: hdrs.Headers | None = None
 
     @property
@@ -92,6 +85,15 @@ class ResponseHead:
         status_line = self.raw[: self.raw.find(b"\r\n")]
         parts = status_line.split(b" ", 2)
         return parts[2] if len(parts) > 2 else b""
+
+    @property
+    def content_length(self) -> int | None:
+        found = _CONTENT_LENGTH.search(self.raw)  # llhttp checked it and refused two
+        return None if found is None else int(found[1])
+
+    @property
+    def chunked(self) -> bool:
+        return _TRANSFER_ENCODING.search(self.raw) is not None  # llhttp: ends in chunked
 
     @property
     def headers(self) -> hdrs.Headers:
@@ -334,6 +336,15 @@ class RequestParser(_Parser):
             raise error
 
 
+def _until_close(head: ResponseHead) -> bool:
+    """Does this response's body end with the connection (RFC 9112 §6.3: neither a
+    length nor chunked framing, and a status that has a body)?"""
+    status = head.status
+    if status < 200 or status in (204, 304):
+        return False
+    return head.content_length is None and not head.chunked
+
+
 class ResponseParser(_Parser):
     """Parses the responses of one upstream connection. Call `expect_head_response()`
     before the response to a HEAD request: llhttp cannot know it has no body. Call
@@ -351,7 +362,7 @@ class ResponseParser(_Parser):
         max_header_fields: int = MAX_HEADER_FIELDS,
     ) -> None:
         self._head_response = False
-        self._until_close = False  # the current body has no length: it ends with the close
+        self._last_head: ResponseHead | None = None
         self._pending = b""  # the bytes from the current head's first, while it is read
         self.surplus = False  # bytes came after a response to HEAD
         self._dropped: list[Event] = []
@@ -378,7 +389,8 @@ class ResponseParser(_Parser):
         framing ends here (RFC 9112 §6.3); any other message cut short stays incomplete,
         and its reader sees the connection closed. httptools does not expose llhttp's own
         `llhttp_finish()`, hence this."""
-        if self.in_message and not self._in_head and self._until_close:
+        head = self._last_head
+        if self.in_message and not self._in_head and head is not None and _until_close(head):
             self.in_message = False
             return [END]
         return []
@@ -402,15 +414,9 @@ class ResponseParser(_Parser):
         status = parser.get_status_code()
         # an interim answer's successor starts right after it; a final one's body follows
         self._pending = pending[end:] if status < 200 else b""
-        length = _CONTENT_LENGTH.search(raw)
-        content_length = None if length is None else int(length[1])
-        chunked = _TRANSFER_ENCODING.search(raw) is not None
-        self._until_close = (
-            not chunked and content_length is None and status >= 200 and status not in (204, 304)
-        )
-        self._events.append(
-            ResponseHead(status, raw, version, parser.should_keep_alive(), chunked, content_length)
-        )
+        head = ResponseHead(status, raw, version, parser.should_keep_alive())
+        self._last_head = head
+        self._events.append(head)
         if self._head_response and status >= 200:
             # The response ends with its head. What llhttp reads after it in this feed
             # (a body some servers wrongly send to HEAD) is dropped, and the connection
