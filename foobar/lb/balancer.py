@@ -63,6 +63,13 @@ class Listener:
         )
 
     @property
+    def listening(self) -> bool:
+        """Whether new connections are accepted (what VRRP tracking asks)."""
+        if self.server is not None:
+            return not self.server.state.closing
+        return self.tcp is not None and self.tcp.server is not None and self.tcp.server.is_serving()
+
+    @property
     def connections(self) -> int:
         if self.server is not None:
             return len(self.server.state.connections)

@@ -19,6 +19,7 @@ from foobar.errors import ConfigError
 from foobar.lb import stats
 from foobar.lb.balancer import Balancer
 from foobar.lb.settings import LbSettings
+from foobar.lb.vrrp.group import VrrpGroup
 from foobar.lb.workers import Workers, report_admin_port, worker_index
 from foobar.process import until_stopped
 from foobar.settings import HostPort
@@ -27,18 +28,40 @@ log = logging.getLogger("foobar.lb")
 
 
 class LoadBalancer:
-    def __init__(self, settings: LbSettings, workers: Workers | None = None) -> None:
+    def __init__(
+        self, settings: LbSettings, workers: Workers | None = None, speaks_vrrp: bool = True
+    ) -> None:
         self.registry = CollectorRegistry()
         self.workers = workers
         self.balancer = Balancer(settings, self.registry, reuse_port=settings.workers > 1)
         self.registry.register(stats.StatsCollector(self.balancer))
+        # the first process speaks for the node; workers share its listeners' ports
+        self.vrrp = (
+            VrrpGroup(settings.vrrp, self.cannot_serve)
+            if settings.vrrp is not None and speaks_vrrp
+            else None
+        )
+        if self.vrrp is not None:
+            self.registry.register(self.vrrp)
         self.admin = Admin(
             self.health,
             self.status,
             self.registry,
-            stats.routes(self.balancer, workers),
+            stats.routes(self.balancer, workers, self.vrrp.describe if self.vrrp else None),
             functools.partial(stats.change_server, self.balancer, workers),
         )
+
+    def cannot_serve(self) -> str | None:
+        """Why this balancer cannot serve now (VRRP tracking), or None: a frontend whose
+        listener is down, or whose backend has no usable server."""
+        for frontend in self.balancer.settings.frontends:
+            listener = self.balancer.listeners.get(frontend.name)
+            if listener is None or not listener.listening:
+                return f"frontend {frontend.name} is not listening"
+            backend = self.balancer.backends.get(frontend.backend)
+            if backend is None or not backend.usable():
+                return f"no usable server in backend {frontend.backend}"
+        return None
 
     async def health(self) -> tuple[bool, str]:
         backends = self.balancer.backends
@@ -48,12 +71,17 @@ class LoadBalancer:
         return True, f"{len(backends)} backend(s) with usable servers"
 
     async def status(self) -> Mapping[str, Any]:
-        return stats.snapshot(self.balancer)
+        snapshot = stats.snapshot(self.balancer)
+        if self.vrrp is not None:
+            snapshot["vrrp"] = self.vrrp.describe()
+        return snapshot
 
     async def start(self) -> None:
         await self.balancer.start()
         if self.balancer.settings.admin is not None:
             await self.admin.start(self.balancer.settings.admin)
+        if self.vrrp is not None:  # listeners first: a new master must be able to serve
+            self.vrrp.start()
 
     async def reload(self, load: Callable[[], LbSettings]) -> bool:
         try:
@@ -70,6 +98,9 @@ class LoadBalancer:
         return True
 
     async def stop(self) -> None:
+        """Hand the floating addresses over first (priority 0), then drain."""
+        if self.vrrp is not None:
+            self.vrrp.stop()
         if self.workers is not None:
             await self.workers.stop()
         await self.balancer.stop()
@@ -90,7 +121,7 @@ async def run(settings: LbSettings, load: Callable[[], LbSettings], argv: Sequen
     if index:  # a worker: its admin listener is the master's business, on loopback
         settings = settings.model_copy(update={"admin": HostPort("127.0.0.1", 0)})
     workers = Workers(argv) if index == 0 and settings.workers > 1 else None
-    lb = LoadBalancer(settings, workers)
+    lb = LoadBalancer(settings, workers, speaks_vrrp=index == 0)
     await lb.start()
     if index:
         report_admin_port(lb.admin.server.address[1])
