@@ -5,6 +5,7 @@ SIGTERM and SIGINT drain and stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import resource
@@ -19,12 +20,21 @@ from foobar.errors import ConfigError
 from foobar.lb import stats
 from foobar.lb.balancer import Balancer
 from foobar.lb.settings import LbSettings
+from foobar.lb.vrrp import handover
 from foobar.lb.vrrp.group import VrrpGroup
 from foobar.lb.workers import Workers, report_admin_port, worker_index
 from foobar.process import until_stopped
 from foobar.settings import HostPort
 
 log = logging.getLogger("foobar.lb")
+
+# How long a stopping master drains, new connections held back, before it hands its
+# floating addresses over anyway: a long download must not keep new clients waiting.
+HANDOVER_DRAIN = 2.0
+# Between holding new connections back and draining: the HTTP core's shutdown closes at
+# once a connection that has not sent its first request yet, so one accepted just before
+# the hold (its TLS handshake or request on the way) is given this long to send it.
+HANDOVER_SETTLE = 0.3
 
 
 class LoadBalancer:
@@ -98,13 +108,28 @@ class LoadBalancer:
         return True
 
     async def stop(self) -> None:
-        """Hand the floating addresses over first (priority 0), then drain."""
+        """Drain and stop. A VRRP master first holds back new connections to its floating
+        addresses (see vrrp/handover.py), drains for at most HANDOVER_DRAIN, hands the
+        addresses over (priority 0), and then finishes the drain."""
+        held = self.vrrp.held_addresses() if self.vrrp is not None else []
+        holding = bool(held) and handover.hold_new_connections(held)
+        if holding:
+            await asyncio.sleep(HANDOVER_SETTLE)
+        draining = asyncio.create_task(self._drain())
         if self.vrrp is not None:
-            self.vrrp.stop()
+            if held:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(draining), HANDOVER_DRAIN)
+            await self.vrrp.stop()
+        if holding:
+            handover.release()
+        await draining
+        await self.admin.shutdown()
+
+    async def _drain(self) -> None:
         if self.workers is not None:
             await self.workers.stop()
         await self.balancer.stop()
-        await self.admin.shutdown()
 
 
 def raise_open_files_limit() -> None:

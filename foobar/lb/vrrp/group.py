@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from foobar.lb.settings import VrrpSettings
-from foobar.lb.vrrp import link, packet
+from foobar.lb.vrrp import handover, link, packet
+from foobar.lb.vrrp.machine import State
 from foobar.lb.vrrp.speaker import Speaker
 
 log = logging.getLogger("foobar.lb.vrrp")
@@ -36,6 +37,7 @@ class VrrpGroup(Collector):
         self._tracker: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
+        handover.release()  # a balancer killed in the middle of a switch left it
         for instance in self.settings.instances:
             where = link.find_link(instance.addresses[0])
             speaker = Speaker(instance, self.settings, where)
@@ -50,14 +52,23 @@ class VrrpGroup(Collector):
                 speaker.set_fault(reason)
         self._tracker = asyncio.get_running_loop().call_later(TRACK_INTERVAL, self._track)
 
-    def stop(self) -> None:
-        """Priority 0 from every instance this balancer is master of, addresses removed."""
+    async def stop(self) -> None:
+        """Priority 0 from every instance this balancer is master of, addresses removed
+        once the new masters have spoken (all instances at once)."""
         if self._tracker is not None:
             self._tracker.cancel()
             self._tracker = None
-        for speaker in self.speakers:
-            speaker.stop()
+        await asyncio.gather(*(speaker.stop() for speaker in self.speakers))
         log.info("event=vrrp_stopped instances=%d", len(self.speakers))
+
+    def held_addresses(self) -> list[str]:
+        """The floating addresses this balancer holds now (as master)."""
+        return [
+            address
+            for speaker in self.speakers
+            if speaker.machine.state is State.MASTER
+            for address in speaker.settings.addresses
+        ]
 
     def describe(self) -> list[dict[str, Any]]:
         return [speaker.describe() for speaker in self.speakers]

@@ -39,6 +39,10 @@ RECEIVE_BYTES = 2048
 # What one readiness callback reads at most before letting the loop run other work.
 READ_BATCH = 64
 IPTOS_CS6 = 0xC0  # network control traffic class, as keepalived marks its adverts
+# After the new master's first advert, how long a stopping master keeps the address: the
+# new master sends its gratuitous ARPs right after that advert (and an `ip addr add`); a
+# client's packet arriving between a removal and the ARPs would be lost.
+HANDOVER_GRACE = 0.2
 
 
 class Speaker:
@@ -68,6 +72,7 @@ class Speaker:
         self._second_garp: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_state = State.INIT
+        self._new_master: asyncio.Event | None = None  # set while handing over
 
     @property
     def name(self) -> str:
@@ -124,12 +129,28 @@ class Speaker:
         self._receiver, self._sender = receiver, sender
         self._arp = link.open_arp_socket(self.link.interface)
 
-    def stop(self) -> None:
-        """Step down: a master sends priority 0 and removes its addresses, so the backup
-        takes over at once (its skew time, not three advert intervals)."""
+    async def stop(self) -> None:
+        """Step down: a master sends priority 0, so the backup takes over at once (its skew
+        time, not three advert intervals), and keeps its addresses until the new master
+        has spoken (bounded by the master-down interval), so no client packet falls
+        between two owners."""
         if self._loop is None:
             return
-        self._apply(self.machine.stop(self._loop.time()))
+        was_master = self.machine.state is State.MASTER
+        waited = self.machine.down_interval()
+        self._new_master = asyncio.Event()
+        actions = self.machine.stop(self._loop.time())
+        self._apply([action for action in actions if not isinstance(action, ReleaseAddresses)])
+        if was_master:
+            try:
+                await asyncio.wait_for(self._new_master.wait(), waited)
+                await asyncio.sleep(HANDOVER_GRACE)
+                log.info("event=vrrp_handed_over instance=%s", self.name)
+            except TimeoutError:
+                log.warning("event=vrrp_no_new_master instance=%s waited=%.2f", self.name, waited)
+        self._release_addresses()
+        if self._loop is None:
+            return
         if self._receiver is not None:
             self._loop.remove_reader(self._receiver.fileno())
         for sock in (self._receiver, self._sender, self._arp):
@@ -184,6 +205,8 @@ class Speaker:
             self._drop("addresses", datagram)
             return
         self.received += 1
+        if self._new_master is not None and result.priority > 0:
+            self._new_master.set()
         self._apply(self.machine.receive(result, now))
 
     def _drop(self, reason: str, datagram: bytes) -> None:
