@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # command:package pairs needed from the system (see scripts/system-packages)
 SITE_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server openssl:openssl
 TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium \
-	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl
+	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl keepalived:keepalived
 
 .PHONY: up test lint typecheck pytest loadtest bench clean
 

@@ -100,6 +100,8 @@ class LoadBalancer:
             for key, message in exc.problems:
                 log.error("event=reload_refused key=%r reason=%r", key, message)
             return False
+        if settings.vrrp != self.balancer.settings.vrrp:
+            log.warning("event=reload_vrrp_unchanged reason='[lb.vrrp] changes need a restart'")
         try:
             await self.balancer.reload(settings)
         except OSError as exc:

@@ -95,6 +95,9 @@ async def build_site(net: Network, tmp: Path, web_hosts: list[str]) -> str:
     replace = [
         ('"/etc/foobar/tls/www.foobar.com.pem"', f'"{cert}"'),
         ('"/etc/foobar/tls/www.foobar.com.key"', f'"{key}"'),
+        # www's floating addresses (VRRP) on the test's one network; no peer: lb1 holds both
+        ('"203.0.113.10"', '"10.0.0.10"'),
+        ('"203.0.113.20"', '"10.0.0.20"'),
     ]
     lb = settings(DEPLOY / "server1" / "lb.toml", replace, tmp / "lb.toml")
     if "server2b" in web_hosts:
