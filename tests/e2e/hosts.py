@@ -17,9 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import trustme
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -179,6 +181,28 @@ class Network:
             run_quietly("ip", "netns", "del", self.ns(host))
             shutil.rmtree(Path("/etc/netns") / self.ns(host), ignore_errors=True)
         run_quietly("ip", "netns", "del", self.switch)
+
+
+@contextlib.asynccontextmanager
+async def network_of(prefix: str) -> AsyncIterator[Network]:
+    """A network whose names start with `prefix` (make it unique per run), destroyed after."""
+    net = Network(prefix)
+    net.create()
+    try:
+        yield net
+    finally:
+        await net.destroy()
+
+
+def certificates(folder: Path, *names: str) -> tuple[Path, Path, Path]:
+    """A certificate for `names` from a new authority: (cert chain, key, CA) files."""
+    authority = trustme.CA()
+    issued = authority.issue_cert(*names)
+    cert, key, ca = folder / "www.pem", folder / "www.key", folder / "ca.pem"
+    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    return cert, key, ca
 
 
 def settings(path: Path, replace: Sequence[tuple[str, str]], out: Path) -> Path:

@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.e2e.hosts import DEPLOY, ROOT, Network, available, settings
+from tests.e2e.hosts import DEPLOY, ROOT, Network, available, certificates, network_of, settings
 
 pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
@@ -29,12 +28,8 @@ WWW = "https://www.foobar.com"
 
 @pytest.fixture
 async def network() -> AsyncIterator[Network]:
-    net = Network(f"fb{os.getpid() % 100000}")
-    net.create()
-    try:
+    async with network_of(f"fb{os.getpid() % 100000}") as net:
         yield net
-    finally:
-        await net.destroy()
 
 
 async def build_site(net: Network, tmp: Path, web_hosts: list[str]) -> str:
@@ -86,12 +81,7 @@ async def build_site(net: Network, tmp: Path, web_hosts: list[str]) -> str:
     for host in web_hosts:
         await net.until(host, f"http://{WEB_HOSTS[host]}:8080/healthz")
 
-    authority = trustme.CA()
-    issued = authority.issue_cert("www.foobar.com")
-    cert, key, ca = tmp / "www.pem", tmp / "www.key", tmp / "ca.pem"
-    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    authority.cert_pem.write_to_path(str(ca))
+    cert, key, ca = certificates(tmp, "www.foobar.com")
     replace = [
         ('"/etc/foobar/tls/www.foobar.com.pem"', f'"{cert}"'),
         ('"/etc/foobar/tls/www.foobar.com.key"', f'"{key}"'),

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
-from tests.e2e.hosts import DEPLOY, ROOT, Network, available, settings
+from tests.e2e.hosts import DEPLOY, ROOT, Network, available, certificates, network_of, settings
 
 pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
@@ -98,6 +97,15 @@ class Pair:
         answer = await self.net.probe(host, "get", f"http://{LB[host]}:9100/metrics")
         return str(answer["body"])
 
+    async def freeze(self, host: str, seconds: float) -> None:
+        """A balancer starved of CPU: SIGSTOP, then SIGCONT after `seconds`."""
+        pid = self.processes[host].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def forge(self, host: str, *args: str) -> list[str]:
         """Send forged adverts from `host` (tests/e2e/vrrp_forge.py)."""
         result = subprocess.run(
@@ -154,12 +162,8 @@ def lb_settings(
 
 @pytest.fixture
 async def network() -> AsyncIterator[Network]:
-    net = Network(f"vr{os.getpid() % 100000}")
-    net.create()
-    try:
+    async with network_of(f"vr{os.getpid() % 100000}") as net:
         yield net
-    finally:
-        await net.destroy()
 
 
 async def build_pair(
@@ -186,12 +190,7 @@ async def build_pair(
     await net.start("server2", "foobar.web", "--config", str(web), log=logs / "web.log")
     await net.until("server2", f"http://{WEB}:8080/healthz")
 
-    authority = trustme.CA()
-    issued = authority.issue_cert("www.foobar.com", "www-b.foobar.com")
-    cert, key, ca = tmp / "www.pem", tmp / "www.key", tmp / "ca.pem"
-    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    authority.cert_pem.write_to_path(str(ca))
+    cert, key, ca = certificates(tmp, "www.foobar.com", "www-b.foobar.com")
     pair = Pair(net, tmp, str(ca))
     for host in LB:
         config = tmp / f"{host}-lb.toml"
@@ -275,11 +274,8 @@ async def test_active_passive_fast_adverts(network: Network, tmp_path: Path) -> 
     assert pair.holds("server1", VIP_A)
 
     # a frozen backup (SIGSTOP shorter than its master-down interval, 0.36 s) stays backup
-    lb2 = pair.processes["server1b"].pid
     for _ in range(5):
-        os.kill(lb2, signal.SIGSTOP)
-        await asyncio.sleep(0.3)
-        os.kill(lb2, signal.SIGCONT)
+        await pair.freeze("server1b", 0.3)
         await asyncio.sleep(0.3)
     row = await pair.vrrp("server1b")
     assert row["state"] == "backup" and row["master_transitions"] == 0
@@ -345,10 +341,7 @@ async def test_default_adverts_and_no_preempt(network: Network, tmp_path: Path) 
     pair = await build_pair(network, tmp_path, www_a={"advert_interval": "1.0", "preempt": "false"})
     await pair.until_state("server1b", "backup")
 
-    lb2 = pair.processes["server1b"].pid
-    os.kill(lb2, signal.SIGSTOP)
-    await asyncio.sleep(3.0)
-    os.kill(lb2, signal.SIGCONT)
+    await pair.freeze("server1b", 3.0)
     await asyncio.sleep(1.0)
     row = await pair.vrrp("server1b")
     assert row["state"] == "backup" and row["master_transitions"] == 0
