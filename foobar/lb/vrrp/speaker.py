@@ -149,15 +149,16 @@ class Speaker:
             except TimeoutError:
                 log.warning("event=vrrp_no_new_master instance=%s waited=%.2f", self.name, waited)
         self._release_addresses()
-        if self._loop is None:
-            return
-        if self._receiver is not None:
-            self._loop.remove_reader(self._receiver.fileno())
+        self._close()
+
+    def _close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and self._receiver is not None:
+            loop.remove_reader(self._receiver.fileno())
         for sock in (self._receiver, self._sender, self._arp):
             if sock is not None:
                 sock.close()
         self._receiver = self._sender = self._arp = None
-        self._loop = None
 
     def set_fault(self, reason: str | None) -> None:
         if self._loop is None or reason == self.machine.fault:
