@@ -14,14 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.hosts import DEPLOY, ROOT, Network, available, certificates, network_of, settings
+from tests.e2e.hosts import (
+    DEPLOY,
+    ROOT,
+    SERVER3,
+    Network,
+    available,
+    certificates,
+    network_of,
+    settings,
+    start_web_and_db,
+)
 
 pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
     pytest.mark.timeout(240),
 ]
 
-SERVER1, SERVER3, CLIENT = "10.0.0.1", "10.0.0.3", "10.0.0.9"
+SERVER1, CLIENT = "10.0.0.1", "10.0.0.9"
 WEB_HOSTS = {"server2": "10.0.0.2", "server2b": "10.0.0.4"}
 WWW = "https://www.foobar.com"
 
@@ -47,39 +57,7 @@ async def build_site(net: Network, tmp: Path, web_hosts: list[str]) -> str:
     logs = tmp / "logs"
     logs.mkdir()
 
-    db = settings(
-        DEPLOY / "server3" / "db.toml",
-        [
-            ('state_dir = "/var/lib/foobar/db"', f'state_dir = "{tmp / "db"}"'),
-            ('innodb_buffer_pool_size = "1G"', 'innodb_buffer_pool_size = "64M"'),
-        ],
-        tmp / "db.toml",
-    )
-    await net.start("server3", "foobar.db", "serve", "--config", str(db), log=logs / "db.log")
-    await net.until("server3", f"http://{SERVER3}:9103/healthz")
-    password = json.loads((tmp / "db" / "secrets.json").read_text())["app_password"]
-    database = {
-        "FOOBAR_APP_PRIMARY": f"mysql://foobar:{password}@{SERVER3}:3306/foobar",
-        "FOOBAR_APP_REPLICAS": json.dumps([f"mysql://foobar:{password}@{SERVER3}:3307/foobar"]),
-    }
-    for n, host in enumerate(web_hosts, start=1):
-        address = WEB_HOSTS[host]
-        app = settings(
-            DEPLOY / "server2" / "app.toml",
-            [('name = "app1"', f'name = "app{n}"'), ("10.0.0.2", address)],
-            tmp / f"app{n}.toml",
-        )
-        web = settings(
-            DEPLOY / "server2" / "web.toml",
-            [('name = "web1"', f'name = "web{n}"'), ("10.0.0.2", address)],
-            tmp / f"web{n}.toml",
-        )
-        await net.start(
-            host, "foobar.app", "--config", str(app), env=database, log=logs / f"app{n}.log"
-        )
-        await net.start(host, "foobar.web", "--config", str(web), log=logs / f"web{n}.log")
-    for host in web_hosts:
-        await net.until(host, f"http://{WEB_HOSTS[host]}:8080/healthz")
+    await start_web_and_db(net, tmp, {host: WEB_HOSTS[host] for host in web_hosts})
 
     cert, key, ca = certificates(tmp, "www.foobar.com")
     replace = [

@@ -22,7 +22,17 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.hosts import DEPLOY, ROOT, Network, available, certificates, network_of, settings
+from tests.e2e.hosts import (
+    DEPLOY,
+    ROOT,
+    SERVER3,
+    Network,
+    available,
+    certificates,
+    network_of,
+    settings,
+    start_web_and_db,
+)
 
 pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
@@ -174,11 +184,17 @@ async def build_pair(
     www_a: dict[str, str] | None = None,
     www_a_per_host: dict[str, dict[str, str]] | None = None,
     balancers: tuple[str, ...] = ("server1", "server1b"),
+    app_and_db: bool = False,
 ) -> Pair:
+    """The pair in front of a web server (and with `app_and_db`, its app and server 3's
+    database, as in deploy/)."""
     net.add_host("client", CLIENT)
     for host, address in LB.items():
         net.add_host(host, address)
     net.add_host("server2", WEB)
+    if app_and_db:
+        net.add_host("server3", SERVER3)
+        net.firewall("server3", DEPLOY / "firewall" / "server3.nft")
     net.hosts_file("client", {"www.foobar.com": VIP_A, "www-b.foobar.com": VIP_B})
     pair_rule = [("203.0.113.11, 203.0.113.12", f"{LB['server1']}, {LB['server1b']}")]
     for host in LB:
@@ -186,9 +202,12 @@ async def build_pair(
     net.firewall("server2", DEPLOY / "firewall" / "server2.nft")
     logs = tmp / "logs"
     logs.mkdir()
-    web = settings(DEPLOY / "server2" / "web.toml", [], tmp / "web.toml")
-    await net.start("server2", "foobar.web", "--config", str(web), log=logs / "web.log")
-    await net.until("server2", f"http://{WEB}:8080/healthz")
+    if app_and_db:
+        await start_web_and_db(net, tmp, {"server2": WEB})
+    else:
+        web = settings(DEPLOY / "server2" / "web.toml", [], tmp / "web.toml")
+        await net.start("server2", "foobar.web", "--config", str(web), log=logs / "web.log")
+        await net.until("server2", f"http://{WEB}:8080/healthz")
 
     cert, key, ca = certificates(tmp, "www.foobar.com", "www-b.foobar.com")
     pair = Pair(net, tmp, str(ca))
@@ -382,11 +401,13 @@ async def test_unicast_peers(network: Network, tmp_path: Path) -> None:
 
 
 async def test_active_active(network: Network, tmp_path: Path) -> None:
-    """Two addresses, each balancer master of one; each failure moves its address over."""
+    """Two addresses, each balancer master of one; each failure moves its address over.
+    The whole site behind them: a post written through one address is read through the
+    other."""
     zone = (DEPLOY / "dns" / "foobar.com.zone").read_text()
     assert re.findall(r"^www\s+IN\s+A\s+(\S+)", zone, re.M) == ["203.0.113.10", "203.0.113.20"]
 
-    pair = await build_pair(network, tmp_path, active_active=True)
+    pair = await build_pair(network, tmp_path, active_active=True, app_and_db=True)
     await pair.until_state("server1", "master", "www-a")
     await pair.until_state("server1b", "master", "www-b")
     await pair.until_state("server1", "backup", "www-b")
@@ -394,6 +415,14 @@ async def test_active_active(network: Network, tmp_path: Path) -> None:
     for url, balancer in ((URL_A, "lb1"), (URL_B, "lb2")):
         answer = await network.probe("client", "get", url, pair.ca)
         assert answer["status"] == 200 and answer["headers"]["x-foobar-lb"] == balancer
+    post = {"author": "ada", "title": "two balancers", "body": "through www-a"}
+    written = await network.probe("client", "post", f"{URL_A}api/posts", json.dumps(post), pair.ca)
+    assert written["created"]["status"] == 201
+    location = written["created"]["headers"]["location"]
+    # (read from the replica, without the GTID cookie: it may take a moment to apply)
+    read = await network.until("client", f"{URL_B}{location.lstrip('/')}", pair.ca, seconds=10)
+    assert read["headers"]["x-foobar-lb"] == "lb2"
+    assert json.loads(read["body"])["title"] == "two balancers"
 
     for dead, alive, url in (("server1", "server1b", URL_A), ("server1b", "server1", URL_B)):
         pair.processes[dead].kill()
