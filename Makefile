@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 SITE_PACKAGES := python3-venv:python3-venv mariadbd:mariadb-server openssl:openssl
 MONITORING_PACKAGES := promtool:prometheus amtool:prometheus-alertmanager
 TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium \
-	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl $(MONITORING_PACKAGES)
+	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl keepalived:keepalived \
+	$(MONITORING_PACKAGES)
 
 .PHONY: up test lint typecheck pytest loadtest bench clean
 

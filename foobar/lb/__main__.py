@@ -14,6 +14,7 @@ from typing import Any
 import uvloop
 
 from foobar import logs
+from foobar.errors import FoobarError
 from foobar.lb.serve import run
 from foobar.lb.settings import LbSettings
 from foobar.settings import from_command_line, load, new_parser
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reload = functools.partial(reload_settings, config, options)
         return uvloop.run(run(settings, reload, list(argv if argv is not None else sys.argv[1:])))
-    except OSError as exc:
+    except (OSError, FoobarError) as exc:  # a port taken; a virtual address gone since --check
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -64,6 +64,14 @@ class Listener:
         )
 
     @property
+    def listening(self) -> bool:
+        """Whether new connections are accepted (what VRRP tracking asks)."""
+        if self.server is not None and self.server.state.closing:
+            return False
+        accepting = self.accepting
+        return accepting is not None and accepting.sock is not None
+
+    @property
     def connections(self) -> int:
         if self.server is not None:
             return len(self.server.state.connections)

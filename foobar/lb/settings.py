@@ -12,6 +12,7 @@ The full set in TOML: `[[lb.frontends]]` and `[[lb.backends]]` with `[[lb.backen
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -20,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from foobar.http.limits import BODY_MIN_RATE, MAX_IDLE_CONNECTIONS
 from foobar.lb import algorithms
+from foobar.lb.vrrp import link
 from foobar.settings import Address, HostPort, RoleSettings, parse_host_port
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -134,6 +136,76 @@ class FrontendSettings(Model):
         return self
 
 
+def parse_ipv4(value: object) -> object:
+    """A virtual address or unicast peer: one IPv4 address, written as usual."""
+    if isinstance(value, str):
+        return str(ipaddress.IPv4Address(value))
+    return value
+
+
+IPv4 = Annotated[str, BeforeValidator(parse_ipv4)]
+
+
+class VrrpInstanceSettings(Model):
+    """One virtual router (keepalived's `vrrp_instance`), VRRP version 3 (RFC 5798)."""
+
+    name: Name
+    virtual_router_id: int = Field(ge=1, le=255)
+    # 255 is the address owner's (RFC 5798 5.2.4): a balancer never owns the address
+    priority: int = Field(default=100, ge=1, le=254)
+    # seconds, in centiseconds: 12 bits of them on the wire (0.01-40.95 s)
+    advert_interval: float = Field(default=1.0, ge=0.01, le=40.95)
+    preempt: bool = True
+    preempt_delay: float = Field(default=0.0, ge=0, le=1000)  # keepalived's bound
+    addresses: list[IPv4] = Field(min_length=1, max_length=20)
+    # adverts to these addresses instead of multicast 224.0.0.18 (clouds without multicast)
+    unicast_peers: list[IPv4] = []
+    # step down while this balancer cannot serve (no usable backend, a listener down)
+    track: bool = True
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        if abs(self.advert_interval * 100 - round(self.advert_interval * 100)) > 1e-6:
+            raise ValueError(f"vrrp {self.name}: advert_interval is in steps of 0.01 s")
+        return self
+
+    @property
+    def interval_cs(self) -> int:
+        return round(self.advert_interval * 100)
+
+
+class VrrpSettings(Model):
+    """`[lb.vrrp]`: the floating addresses a pair of balancers share."""
+
+    instances: list[VrrpInstanceSettings] = Field(min_length=1)
+    # gratuitous ARPs on becoming master, and as many again `garp_delay` later (keepalived)
+    garp_repeat: int = Field(default=5, ge=1, le=100)
+    garp_delay: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        ids = [instance.virtual_router_id for instance in self.instances]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"vrrp: virtual_router_id must differ between instances: {ids}")
+        addresses = [address for instance in self.instances for address in instance.addresses]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("vrrp: an address belongs to one instance only")
+        missing = link.missing_capabilities()
+        if missing:
+            raise ValueError(
+                f"vrrp needs {' and '.join(missing)} to send adverts and move addresses "
+                "(run as root, or give the service these capabilities)"
+            )
+        try:
+            networks = link.read_networks()
+        except link.LinkError as exc:
+            raise ValueError(f"vrrp: {exc}") from exc
+        for address in addresses:
+            if link.network_for(address, networks) is None:
+                raise ValueError(f"vrrp: virtual address {address} is on no interface's network")
+        return self
+
+
 class LbSettings(RoleSettings):
     role = "lb"
 
@@ -143,6 +215,8 @@ class LbSettings(RoleSettings):
     drain_timeout: float = Field(default=30.0, ge=0)
     # processes accepting on the same ports (SO_REUSEPORT): one per core
     workers: int = Field(default=1, ge=1, le=64)
+    # a floating address shared with another balancer (VRRP); none when absent
+    vrrp: VrrpSettings | None = None
 
     # quick start: one frontend and one backend from flags
     bind: Address | None = None

@@ -13,7 +13,7 @@ import html
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from foobar.admin import json_response
 from foobar.http.server import Request, Response
 from foobar.lb.balancer import Balancer
+from foobar.lb.vrrp import group
 from foobar.lb.workers import Workers
 
 STATES = ("ready", "drain", "maint")
@@ -103,7 +104,7 @@ up {data["uptime"]:.0f}s</small></h1>
 {"".join(rows)}"""
 
 
-def page(workers: list[dict[str, Any]]) -> bytes:
+def page(workers: list[dict[str, Any]], vrrp: list[dict[str, Any]] | None = None) -> bytes:
     sections = "<hr>".join(
         section(data)
         if "error" not in data
@@ -122,18 +123,22 @@ tr.drain {{ background: #fdf1d8; }} tr.maint {{ background: #e6e2f5; }}
 small {{ color: #5c6779; font-weight: normal; }}
 </style></head><body>
 <p><small>{len(workers)} worker(s); this page refreshes every {REFRESH_SECONDS}s</small></p>
+{group.section(vrrp or [])}
 {sections}
 </body></html>""".encode()
 
 
-def routes(balancer: Balancer, workers: Workers | None) -> dict[tuple[str, bytes], Any]:
+def routes(
+    balancer: Balancer,
+    workers: Workers | None,
+    vrrp: Callable[[], list[dict[str, Any]]] | None = None,
+) -> dict[tuple[str, bytes], Any]:
     async def everyone() -> list[dict[str, Any]]:
         return [snapshot(balancer), *(await workers.snapshots() if workers else [])]
 
     async def stats_html(request: Request) -> Response:
-        return Response(
-            200, [(b"Content-Type", b"text/html; charset=utf-8")], page(await everyone())
-        )
+        body = page(await everyone(), vrrp() if vrrp else None)
+        return Response(200, [(b"Content-Type", b"text/html; charset=utf-8")], body)
 
     async def stats_json(request: Request) -> Response:
         if workers is None:

@@ -17,12 +17,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+SERVER3 = "10.0.0.3"  # the database server of deploy/
 
 
 def available() -> str | None:
@@ -181,6 +184,28 @@ class Network:
         run_quietly("ip", "netns", "del", self.switch)
 
 
+@contextlib.asynccontextmanager
+async def network_of(prefix: str) -> AsyncIterator[Network]:
+    """A network whose names start with `prefix` (make it unique per run), destroyed after."""
+    net = Network(prefix)
+    net.create()
+    try:
+        yield net
+    finally:
+        await net.destroy()
+
+
+def certificates(folder: Path, *names: str) -> tuple[Path, Path, Path]:
+    """A certificate for `names` from a new authority: (cert chain, key, CA) files."""
+    authority = trustme.CA()
+    issued = authority.issue_cert(*names)
+    cert, key, ca = folder / "www.pem", folder / "www.key", folder / "ca.pem"
+    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    return cert, key, ca
+
+
 def settings(path: Path, replace: Sequence[tuple[str, str]], out: Path) -> Path:
     """A copy of a deploy/ settings file with machine-specific values substituted."""
     text = path.read_text()
@@ -189,3 +214,42 @@ def settings(path: Path, replace: Sequence[tuple[str, str]], out: Path) -> Path:
         text = text.replace(old, new)
     out.write_text(text)
     return out
+
+
+async def start_web_and_db(net: Network, tmp: Path, web_hosts: dict[str, str]) -> None:
+    """foobar.db on server 3, and foobar.app + foobar.web on each web host (name ->
+    address), from deploy/'s settings; returns when every web server answers. The hosts
+    and their firewalls are the caller's; the logs go to tmp/logs."""
+    logs = tmp / "logs"
+    db = settings(
+        DEPLOY / "server3" / "db.toml",
+        [
+            ('state_dir = "/var/lib/foobar/db"', f'state_dir = "{tmp / "db"}"'),
+            ('innodb_buffer_pool_size = "1G"', 'innodb_buffer_pool_size = "64M"'),
+        ],
+        tmp / "db.toml",
+    )
+    await net.start("server3", "foobar.db", "serve", "--config", str(db), log=logs / "db.log")
+    await net.until("server3", f"http://{SERVER3}:9103/healthz")
+    password = json.loads((tmp / "db" / "secrets.json").read_text())["app_password"]
+    database = {
+        "FOOBAR_APP_PRIMARY": f"mysql://foobar:{password}@{SERVER3}:3306/foobar",
+        "FOOBAR_APP_REPLICAS": json.dumps([f"mysql://foobar:{password}@{SERVER3}:3307/foobar"]),
+    }
+    for n, (host, address) in enumerate(web_hosts.items(), start=1):
+        app = settings(
+            DEPLOY / "server2" / "app.toml",
+            [('name = "app1"', f'name = "app{n}"'), ("10.0.0.2", address)],
+            tmp / f"app{n}.toml",
+        )
+        web = settings(
+            DEPLOY / "server2" / "web.toml",
+            [('name = "web1"', f'name = "web{n}"'), ("10.0.0.2", address)],
+            tmp / f"web{n}.toml",
+        )
+        await net.start(
+            host, "foobar.app", "--config", str(app), env=database, log=logs / f"app{n}.log"
+        )
+        await net.start(host, "foobar.web", "--config", str(web), log=logs / f"web{n}.log")
+    for host in web_hosts:
+        await net.until(host, f"http://{web_hosts[host]}:8080/healthz")

@@ -3,10 +3,14 @@
     python -m tests.e2e.probe get URL [CA]              one request; prints JSON
     python -m tests.e2e.probe post URL JSON [CA]        a POST, then a GET of what it made,
                                                         with the GTID cookie it set
+    python -m tests.e2e.probe post-json URL JSON        one POST (an admin API call); prints JSON
     python -m tests.e2e.probe connect HOST PORT         prints open, refused or timeout
     python -m tests.e2e.probe loop URL SECONDS [CA]     GETs until SECONDS pass (at most
                                                         5000); prints failures and which
                                                         web server answered
+    python -m tests.e2e.probe timeline URL SECONDS CA TIMEOUT   the same, each request within
+                                                        TIMEOUT; prints each attempt:
+                                                        [time, outcome, balancer]
 
 Standard library only: it starts in milliseconds."""
 
@@ -24,16 +28,23 @@ from urllib.parse import urlsplit
 
 
 def request(
-    method: str, url: str, ca: str | None, body: bytes | None = None, cookie: str | None = None
+    method: str,
+    url: str,
+    ca: str | None,
+    body: bytes | None = None,
+    cookie: str | None = None,
+    timeout: float = 10,
 ) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme == "https":
         context = ssl.create_default_context(cafile=ca)
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port or 443, context=context, timeout=10
+            parts.hostname or "", parts.port or 443, context=context, timeout=timeout
         )
     else:
-        connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
+        connection = http.client.HTTPConnection(
+            parts.hostname or "", parts.port or 80, timeout=timeout
+        )
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if cookie:
         headers["Cookie"] = cookie
@@ -80,6 +91,26 @@ def loop(url: str, seconds: float, ca: str | None) -> dict[str, Any]:
     return {"count": count, "failures": failures, "by_web": by_web}
 
 
+def timeline(
+    url: str, seconds: float, ca: str | None, timeout: float
+) -> list[tuple[float, str, str]]:
+    """Every attempt with its wall-clock time (the test's clock too), so a takeover gap can
+    be measured from the moment of a kill (where a short timeout retries a lost SYN early
+    instead of waiting for its retransmission)."""
+    attempts: list[tuple[float, str, str]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(attempts) < 20000:
+        try:
+            answer = request("GET", url, ca, timeout=timeout)
+        except OSError as exc:
+            attempts.append((time.time(), type(exc).__name__, ""))
+            time.sleep(0.005)
+            continue
+        outcome = "ok" if answer["status"] == 200 else str(answer["status"])
+        attempts.append((time.time(), outcome, answer["headers"].get("x-foobar-lb", "")))
+    return attempts
+
+
 def main(argv: list[str]) -> None:
     command = argv[0]
     if command == "get":
@@ -91,10 +122,14 @@ def main(argv: list[str]) -> None:
         location = created["headers"].get("location", "")
         read = request("GET", argv[1].split("/api/")[0] + location, ca, cookie=cookie)
         result = {"created": created, "read": read}
+    elif command == "post-json":
+        result = request("POST", argv[1], None, argv[2].encode())
     elif command == "connect":
         result = connect(argv[1], int(argv[2]))
     elif command == "loop":
         result = loop(argv[1], float(argv[2]), argv[3] if len(argv) > 3 else None)
+    elif command == "timeline":
+        result = timeline(argv[1], float(argv[2]), argv[3], float(argv[4]))
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result))

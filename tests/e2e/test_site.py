@@ -13,28 +13,33 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.e2e.hosts import DEPLOY, ROOT, Network, available, settings
+from tests.e2e.hosts import (
+    DEPLOY,
+    ROOT,
+    SERVER3,
+    Network,
+    available,
+    certificates,
+    network_of,
+    settings,
+    start_web_and_db,
+)
 
 pytestmark = [
     pytest.mark.skipif(available() is not None, reason=str(available())),
     pytest.mark.timeout(240),
 ]
 
-SERVER1, SERVER3, CLIENT = "10.0.0.1", "10.0.0.3", "10.0.0.9"
+SERVER1, CLIENT = "10.0.0.1", "10.0.0.9"
 WEB_HOSTS = {"server2": "10.0.0.2", "server2b": "10.0.0.4"}
 WWW = "https://www.foobar.com"
 
 
 @pytest.fixture
 async def network() -> AsyncIterator[Network]:
-    net = Network(f"fb{os.getpid() % 100000}")
-    net.create()
-    try:
+    async with network_of(f"fb{os.getpid() % 100000}") as net:
         yield net
-    finally:
-        await net.destroy()
 
 
 async def build_site(net: Network, tmp: Path, web_hosts: list[str]) -> str:
@@ -52,49 +57,15 @@ async def build_site(net: Network, tmp: Path, web_hosts: list[str]) -> str:
     logs = tmp / "logs"
     logs.mkdir()
 
-    db = settings(
-        DEPLOY / "server3" / "db.toml",
-        [
-            ('state_dir = "/var/lib/foobar/db"', f'state_dir = "{tmp / "db"}"'),
-            ('innodb_buffer_pool_size = "1G"', 'innodb_buffer_pool_size = "64M"'),
-        ],
-        tmp / "db.toml",
-    )
-    await net.start("server3", "foobar.db", "serve", "--config", str(db), log=logs / "db.log")
-    await net.until("server3", f"http://{SERVER3}:9103/healthz")
-    password = json.loads((tmp / "db" / "secrets.json").read_text())["app_password"]
-    database = {
-        "FOOBAR_APP_PRIMARY": f"mysql://foobar:{password}@{SERVER3}:3306/foobar",
-        "FOOBAR_APP_REPLICAS": json.dumps([f"mysql://foobar:{password}@{SERVER3}:3307/foobar"]),
-    }
-    for n, host in enumerate(web_hosts, start=1):
-        address = WEB_HOSTS[host]
-        app = settings(
-            DEPLOY / "server2" / "app.toml",
-            [('name = "app1"', f'name = "app{n}"'), ("10.0.0.2", address)],
-            tmp / f"app{n}.toml",
-        )
-        web = settings(
-            DEPLOY / "server2" / "web.toml",
-            [('name = "web1"', f'name = "web{n}"'), ("10.0.0.2", address)],
-            tmp / f"web{n}.toml",
-        )
-        await net.start(
-            host, "foobar.app", "--config", str(app), env=database, log=logs / f"app{n}.log"
-        )
-        await net.start(host, "foobar.web", "--config", str(web), log=logs / f"web{n}.log")
-    for host in web_hosts:
-        await net.until(host, f"http://{WEB_HOSTS[host]}:8080/healthz")
+    await start_web_and_db(net, tmp, {host: WEB_HOSTS[host] for host in web_hosts})
 
-    authority = trustme.CA()
-    issued = authority.issue_cert("www.foobar.com")
-    cert, key, ca = tmp / "www.pem", tmp / "www.key", tmp / "ca.pem"
-    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    authority.cert_pem.write_to_path(str(ca))
+    cert, key, ca = certificates(tmp, "www.foobar.com")
     replace = [
         ('"/etc/foobar/tls/www.foobar.com.pem"', f'"{cert}"'),
         ('"/etc/foobar/tls/www.foobar.com.key"', f'"{key}"'),
+        # www's floating addresses (VRRP) on the test's one network; no peer: lb1 holds both
+        ('"203.0.113.10"', '"10.0.0.10"'),
+        ('"203.0.113.20"', '"10.0.0.20"'),
     ]
     lb = settings(DEPLOY / "server1" / "lb.toml", replace, tmp / "lb.toml")
     if "server2b" in web_hosts:

@@ -1,0 +1,1 @@
+"""VRRP: the floating addresses a pair of balancers share (see speaker.py)."""
