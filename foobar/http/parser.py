@@ -194,14 +194,11 @@ class _Parser:
         too_large.events = complete_messages(events)
         raise too_large
 
-    def _version(self) -> str:
-        """The message's HTTP version, refusing all but 1.0 and 1.1."""
-        version: str = self._parser.get_http_version()
-        if version not in SUPPORTED_VERSIONS:
-            if version == "0.9":  # llhttp's reading of a start line with no version
-                self._refuse(ProtocolError("start line without an HTTP version"))
-            self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
-        return version
+    def _refuse_version(self, version: str) -> NoReturn:
+        """Refuse every HTTP version but 1.0 and 1.1."""
+        if version == "0.9":  # llhttp's reading of a start line with no version
+            self._refuse(ProtocolError("start line without an HTTP version"))
+        self._refuse(VersionNotSupported(f"HTTP/{version} is not supported"))
 
     # httptools callbacks
 
@@ -282,7 +279,9 @@ class RequestParser(_Parser):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        version = self._version()
+        version: str = self._parser.get_http_version()
+        if version not in SUPPORTED_VERSIONS:
+            self._refuse_version(version)
         headers = self._headers
         if self._raw_head_size or self._fed > self.max_header_bytes:
             self._check_size()
@@ -400,7 +399,9 @@ class ResponseParser(_Parser):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        version = self._version()
+        version: str = self._parser.get_http_version()
+        if version not in SUPPORTED_VERSIONS:
+            self._refuse_version(version)
         pending = self._pending
         end = pending.find(b"\r\n\r\n") + 4
         if end < 4:  # its first byte was not where a response may start

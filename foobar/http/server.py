@@ -135,7 +135,8 @@ class Request:
     def forwarding_fields(self) -> bytes:
         """X-Forwarded-For and X-Forwarded-Proto as a proxy adds them to a request that
         has neither, as field lines: the same for every request on a connection."""
-        return self._connection.forwarding_fields()
+        fields = self._connection.forwarding_fields
+        return fields if fields is not None else self._connection.make_forwarding_fields()
 
     @property
     def client_ip(self) -> str:
@@ -304,7 +305,6 @@ class Connection(FlowControlled):
         "_direct",
         "_direct_since",
         "_error",
-        "_forwarding_fields",
         "_handed_over",
         "_head_started",
         "_last_read",
@@ -319,6 +319,7 @@ class Connection(FlowControlled):
         "config",
         "error_page",
         "fast_handler",
+        "forwarding_fields",
         "handler",
         "on_response",
         "parser",
@@ -342,7 +343,7 @@ class Connection(FlowControlled):
         self.parser = RequestParser(config.max_header_bytes, config.max_header_fields)
         self.writer = ResponseWriter(self)
         self.peer: tuple[str, int] = ("", 0)
-        self._forwarding_fields: bytes | None = None
+        self.forwarding_fields: bytes | None = None
         self._error: HTTPError | None = None
         self._peer_eof = False
         self.phase = IDLE
@@ -441,17 +442,13 @@ class Connection(FlowControlled):
         self._enter(IDLE)
         return False
 
-    def forwarding_fields(self) -> bytes:
-        """See Request.forwarding_fields: made once per connection."""
-        fields = self._forwarding_fields
-        if fields is None:
-            fields = self._forwarding_fields = (
-                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
-                % (
-                    self.peer[0].encode(),
-                    self.scheme.encode(),
-                )
-            )
+    def make_forwarding_fields(self) -> bytes:
+        """See Request.forwarding_fields: made once per connection (once the peer is
+        known for sure: a PROXY preamble may change it)."""
+        fields = self.forwarding_fields = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+            self.peer[0].encode(),
+            self.scheme.encode(),
+        )
         return fields
 
     def wake(self) -> None:

@@ -111,18 +111,16 @@ class RoundRobin(Algorithm):
 
     def pick(self, candidates: Sequence[Target], request: RequestInfo) -> Target | None:
         best: Target | None = None
-        best_score = 0
+        best_score = -(1 << 62)
         total = 0
         score = self._score
         for server in candidates:
             weight = server.weight
-            if weight <= 0:
-                continue
-            total += weight
-            name = server.name
-            current = score[name] = score.get(name, 0) + weight
-            if best is None or current > best_score:
-                best, best_score = server, current
+            if weight > 0:
+                total += weight
+                current = score[server.name] = score.get(server.name, 0) + weight
+                if current > best_score:
+                    best, best_score = server, current
         if best is not None:
             score[best.name] -= total
         return best
