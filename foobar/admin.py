@@ -11,6 +11,7 @@ database's `POST /promote`, the balancer's `/stats`).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 import logging
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from foobar.http.server import Request, Response, Server, ServerConfig, error_response
 from foobar.settings import HostPort
@@ -58,6 +59,56 @@ class PlainCounter:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for label_values, value in self.values.items():
             family.add_metric([str(label) for label in label_values], value)
+        yield family
+
+
+class PlainHistogram:
+    """A Prometheus histogram kept as plain numbers, per label values, for what is timed
+    per request (PlainCounter's reasons): `histogram.observe(label_values, seconds)`.
+    Buckets as prometheus_client's defaults."""
+
+    BUCKETS: tuple[float, ...] = (
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        2.5,
+        5.0,
+        7.5,
+        10.0,
+    )
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        # per label values: [count in each bucket (the last: above them all), sum]
+        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        registry.register(self)
+
+    def observe(self, label_values: tuple[str, ...], value: float) -> None:
+        series = self.series.get(label_values)
+        if series is None:
+            series = self.series[label_values] = ([0] * (len(self.BUCKETS) + 1), [0.0])
+        series[0][bisect.bisect_left(self.BUCKETS, value)] += 1
+        series[1][0] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for label_values, (counts, total) in self.series.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            family.add_metric(list(label_values), buckets, total[0])
         yield family
 
 

@@ -91,3 +91,24 @@ async def test_unknown_path_404_and_wrong_method_405(admin: tuple[Role, str]) ->
         assert response.status_code == 405 and response.headers["allow"] == "GET"
         response = await client.get("/promote")
         assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+def test_plain_histogram_exports_what_prometheus_client_would() -> None:
+    """The same exposition as prometheus_client's Histogram for the same observations
+    (less its _created sample): cumulative buckets, +Inf, count and sum."""
+    from prometheus_client import Histogram, generate_latest
+
+    from foobar.admin import PlainHistogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    plain = PlainHistogram("x_seconds", "time", ["upstream"], ours)
+    reference = Histogram("x_seconds", "time", ["upstream"], registry=theirs)
+    for value in (0.001, 0.005, 0.02, 0.3, 0.3, 4.0, 12.0):
+        plain.observe(("a",), value)
+        reference.labels("a").observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if "_created" not in line)
+
+    assert samples(ours) == samples(theirs)

@@ -58,6 +58,7 @@ class RequestHead:
     chunked: bool
     content_length: int | None
     expect_continue: bool
+    host: bytes | None = None  # the one Host field's value (the parser checked there is one)
 
     @property
     def has_body(self) -> bool:
@@ -309,6 +310,7 @@ class RequestParser(_Parser):
                 chunked is not None,
                 length,
                 expect is not None,
+                hosts[0] if hosts else None,
             )
         )
         self._next_head()

@@ -14,14 +14,16 @@ as a `Route`:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
+from foobar.admin import PlainHistogram
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.http.errors import HTTPError
 from foobar.http.forward import STATUS, Forwarder, ProxyExchange
@@ -35,7 +37,7 @@ log = logging.getLogger("foobar.web.proxy")
 class Upstream:
     address: HostPort
     pool: UpstreamPool
-    latency: Any  # its child of foobar_web_upstream_seconds: labels() once, not per request
+    latency: Callable[[float], None]  # observes foobar_web_upstream_seconds for it
     fails: int = 0
     down_until: float = 0.0
     name: str = ""  # str(address), formatted once: the access log names it per request
@@ -59,11 +61,11 @@ class ProxyMetrics:
             ["upstream", "kind"],
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = PlainHistogram(
             "foobar_web_upstream_seconds",
             "time to the upstream's response head",
             ["upstream"],
-            registry=registry,
+            registry,
         )
 
 
@@ -86,7 +88,7 @@ class UpstreamGroup:
             Upstream(
                 address,
                 UpstreamPool(address.host, address.port, pool_config),
-                self.metrics.latency.labels(str(address)),
+                functools.partial(self.metrics.latency.observe, (str(address),)),
             )
             for address in addresses
         ]
@@ -165,7 +167,7 @@ class UpstreamGroup:
             and exchange.attempt + 1 < len(self.plan(exchange))
         ):
             return False  # `proxy_next_upstream http_502`: the next upstream's turn
-        upstream.latency.observe(time.monotonic() - exchange.started)
+        upstream.latency(time.monotonic() - exchange.started)
         upstream.fails = 0
         return True
 
@@ -173,7 +175,7 @@ class UpstreamGroup:
         pass  # nginx's upstreams have no slots here: `max_conns` is not built
 
     def request_fields(self, request: Request) -> bytes:
-        host = request.header(b"host")
+        host = request.head.host
         real_ip = b"X-Real-IP: %s\r\n" % request.client[0].encode()
         return real_ip if host is None else real_ip + b"X-Forwarded-Host: %s\r\n" % host
 
