@@ -27,7 +27,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from foobar.errors import ConfigError
 
@@ -67,8 +75,49 @@ class RoleSettings(BaseModel):
     role: ClassVar[str]
 
     admin: Address | None = None
+    # What a state-changing admin request (POST /promote, POST /servers/...) must carry as
+    # `Authorization: Bearer ...`: given here, as FOOBAR_<ROLE>_ADMIN_TOKEN, or in a file
+    # (`make up` writes one, 0600). Without one, nothing can be changed through the admin
+    # listener. `admin_names`: host names besides its address that it answers to.
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    admin_names: list[str] = []
     log_level: str = "info"
     access_log: bool = True
+
+    @model_validator(mode="after")
+    def _one_admin_token(self) -> RoleSettings:
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("give admin_token or admin_token_file, not both")
+        token = self.admin_token
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"admin_token: under {MIN_TOKEN_LENGTH} characters")
+        if self.admin_token_file is not None:
+            read_token_file(self.admin_token_file)  # unreadable or too short fails here
+        return self
+
+    def admin_secret(self) -> str | None:
+        """The admin token from wherever the settings say, or None."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None:
+            return read_token_file(self.admin_token_file)
+        return None
+
+
+# A token shorter than this is guessable over a few days of tries.
+MIN_TOKEN_LENGTH = 16
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (its first line), or ValueError saying what is wrong."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"admin token file {path}: {exc.strerror}") from exc
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"admin token file {path}: under {MIN_TOKEN_LENGTH} characters")
+    return token
 
 
 S = TypeVar("S", bound=RoleSettings)
@@ -158,6 +207,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the effective settings and exit 0, or every error and exit 2",
     )
     parser.add_argument("--admin", metavar="HOST:PORT", help="admin listener address")
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="PATH",
+        help="the token state-changing admin requests must carry (never the token itself "
+        "on a command line: any local user can read it there)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 

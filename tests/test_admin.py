@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from foobar.admin import Admin, PlainCounter, json_response
+from foobar.admin import Admin, AdminGuard, PlainCounter, json_response, split_host
 from foobar.http.server import Request, Response
 from foobar.settings import HostPort
 
@@ -32,6 +32,10 @@ class Role:
         return {"role": "test", "upstreams": [{"name": "a", "up": self.healthy}]}
 
 
+TOKEN = "a-token-long-enough-to-count"
+AUTHORIZED = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
 @pytest.fixture
 async def admin() -> AsyncIterator[tuple[Role, str]]:
     role = Role()
@@ -39,7 +43,13 @@ async def admin() -> AsyncIterator[tuple[Role, str]]:
     async def promote(request: Request) -> Response:
         return json_response(200, {"promoted": (await request.body.read()).decode()})
 
-    admin = Admin(role.health, role.status, role.registry, {("POST", b"/promote"): promote})
+    admin = Admin(
+        role.health,
+        role.status,
+        role.registry,
+        {("POST", b"/promote"): promote},
+        guard=AdminGuard(TOKEN, ["admin.foobar.internal"]),
+    )
     await admin.start(HostPort("127.0.0.1", 0))
     host, port = admin.server.address
     yield role, f"http://{host}:{port}"
@@ -79,8 +89,8 @@ async def test_status_json_and_extra_route(admin: tuple[Role, str]) -> None:
             "role": "test",
             "upstreams": [{"name": "a", "up": True}],
         }
-        response = await client.post("/promote", content=b"replica")
-        assert response.json() == {"promoted": "replica"}
+        response = await client.post("/promote", content=b'"replica"', headers=AUTHORIZED)
+        assert response.json() == {"promoted": '"replica"'}
 
 
 async def test_unknown_path_404_and_wrong_method_405(admin: tuple[Role, str]) -> None:
@@ -91,3 +101,87 @@ async def test_unknown_path_404_and_wrong_method_405(admin: tuple[Role, str]) ->
         assert response.status_code == 405 and response.headers["allow"] == "GET"
         response = await client.get("/promote")
         assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+async def test_changes_need_the_token_json_and_the_listeners_own_host(
+    admin: tuple[Role, str],
+) -> None:
+    _, url = admin
+    port = url.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(base_url=url) as client:
+        # what a page in a browser can send cross-site without asking: no token, text/plain
+        bare = await client.post("/promote", content=b"{}", headers={"Content-Type": "text/plain"})
+        assert bare.status_code == 401
+        assert bare.headers["www-authenticate"] == 'Bearer realm="foobar admin"'
+        wrong = {**AUTHORIZED, "Authorization": "Bearer a-token-long-enough-to-coun7"}
+        assert (await client.post("/promote", content=b"{}", headers=wrong)).status_code == 401
+        basic = {**AUTHORIZED, "Authorization": f"Basic {TOKEN}"}
+        assert (await client.post("/promote", content=b"{}", headers=basic)).status_code == 401
+        as_text = {**AUTHORIZED, "Content-Type": "text/plain"}
+        assert (await client.post("/promote", content=b"{}", headers=as_text)).status_code == 415
+        form = {**AUTHORIZED, "Content-Type": "application/x-www-form-urlencoded"}
+        assert (await client.post("/promote", content=b"a=b", headers=form)).status_code == 415
+        # DNS rebinding: the attacker's name now points at 127.0.0.1, the Host stays theirs
+        rebound = {**AUTHORIZED, "Host": f"attacker.example:{port}"}
+        assert (await client.post("/promote", content=b"{}", headers=rebound)).status_code == 421
+        other_port = {**AUTHORIZED, "Host": "127.0.0.1:1"}
+        assert (await client.post("/promote", content=b"{}", headers=other_port)).status_code == 421
+        named = {**AUTHORIZED, "Host": f"Admin.Foobar.Internal:{port}"}
+        assert (await client.post("/promote", content=b"{}", headers=named)).status_code == 200
+        charset = {**AUTHORIZED, "Content-Type": "application/json; charset=utf-8"}
+        assert (await client.post("/promote", content=b"{}", headers=charset)).status_code == 200
+        # reading stays open
+        for path in ("/healthz", "/metrics", "/status"):
+            assert (await client.get(path)).status_code == 200
+
+
+async def test_without_a_configured_token_nothing_changes() -> None:
+    role = Role()
+    calls = []
+
+    async def promote(request: Request) -> Response:
+        calls.append(request)
+        return json_response(200, {})
+
+    admin = Admin(role.health, role.status, role.registry, {("POST", b"/promote"): promote})
+    await admin.start(HostPort("127.0.0.1", 0))
+    host, port = admin.server.address
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            response = await client.post("/promote", content=b"{}", headers=AUTHORIZED)
+            assert response.status_code == 401 and "no admin token" in response.json()["error"]
+            assert (await client.get("/status")).status_code == 200
+    finally:
+        await admin.shutdown()
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("host", "listening", "allowed"),
+    [
+        ("127.0.0.1:9100", ("127.0.0.1", 9100), True),
+        ("127.0.0.1", ("127.0.0.1", 9100), True),
+        ("127.0.0.2:9100", ("127.0.0.1", 9100), False),
+        ("127.0.0.1:9101", ("127.0.0.1", 9100), False),
+        ("localhost:9100", ("127.0.0.1", 9100), False),
+        ("[::1]:9100", ("::1", 9100), True),
+        ("[::1]:9100", ("127.0.0.1", 9100), False),
+        ("10.0.0.1:9100", ("0.0.0.0", 9100), True),  # all addresses: any literal one
+        ("evil.example:9100", ("0.0.0.0", 9100), False),
+        ("stats.lb1:9100", ("10.0.0.1", 9100), True),
+        ("stats.lb1.evil.example:9100", ("10.0.0.1", 9100), False),
+        ("127.0.0.1:9100:1", ("127.0.0.1", 9100), False),
+        ("127.0.0.1:x", ("127.0.0.1", 9100), False),
+        ("", ("127.0.0.1", 9100), False),
+    ],
+)
+def test_host_rule(host: str, listening: tuple[str, int], allowed: bool) -> None:
+    guard = AdminGuard(TOKEN, ["stats.lb1"])
+    assert guard.host_allowed(host.encode(), listening) is allowed
+
+
+def test_split_host() -> None:
+    assert split_host("a.example:80") == ("a.example", 80)
+    assert split_host("[::1]") == ("::1", None)
+    assert split_host("[::1]x") is None
+    assert split_host(":80") is None

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from foobar.admin import Admin
+from foobar.admin import Admin, AdminGuard
 from foobar.errors import ConfigError
 from foobar.lb import stats
 from foobar.lb.balancer import Balancer
@@ -38,6 +38,7 @@ class LoadBalancer:
             self.registry,
             stats.routes(self.balancer, workers),
             functools.partial(stats.change_server, self.balancer, workers),
+            AdminGuard(settings.admin_secret(), settings.admin_names),
         )
 
     async def health(self) -> tuple[bool, str]:
@@ -89,7 +90,9 @@ async def run(settings: LbSettings, load: Callable[[], LbSettings], argv: Sequen
     index = worker_index()
     if index:  # a worker: its admin listener is the master's business, on loopback
         settings = settings.model_copy(update={"admin": HostPort("127.0.0.1", 0)})
-    workers = Workers(argv) if index == 0 and settings.workers > 1 else None
+    workers = (
+        Workers(argv, settings.admin_secret()) if index == 0 and settings.workers > 1 else None
+    )
     lb = LoadBalancer(settings, workers)
     await lb.start()
     if index:

@@ -216,11 +216,13 @@ async def test_cookie_stickiness(start_lb: StartLb, backends) -> None:  # type: 
 async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
     started = [await backends(name) for name in ("a", "b")]
     fields = lb_fields(*(f"{b.name}={b.address}" for b in started))
-    lb = await start_lb(admin="127.0.0.1:0", **fields)
+    token = "stats-admin-token-0123456789"
+    lb = await start_lb(admin="127.0.0.1:0", admin_token=token, **fields)
     admin = f"http://127.0.0.1:{lb.admin.server.address[1]}"
+    authorized = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with (
         httpx.AsyncClient(base_url=url_of(lb)) as client,
-        httpx.AsyncClient(base_url=admin) as ops,
+        httpx.AsyncClient(base_url=admin, headers=authorized) as ops,
     ):
         for _ in range(4):
             await client.get("/")
@@ -237,6 +239,15 @@ async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> Non
         assert picks == {"a": 6, "b": 2}
         assert (await ops.post("/servers/web/zzz", content=b"{}")).status_code == 404
         assert (await ops.post("/servers/web/a", content=b'{"state": "off"}')).status_code == 400
+        # a browser page's plain POST, or one without the token, changes nothing
+        maint = json.dumps({"state": "maint"})
+        as_form = {"Content-Type": "text/plain"}
+        assert (await ops.post("/servers/web/a", content=maint, headers=as_form)).status_code == 415
+        anonymous = await ops.post("/servers/web/a", content=maint, headers={"Authorization": ""})
+        assert anonymous.status_code == 401
+        assert (await ops.get("/stats.json")).json()["backends"][0]["servers"][0][
+            "state"
+        ] == "ready"
         metrics = (await ops.get("/metrics")).text
         assert 'foobar_lb_server_weight{backend="web",server="a"} 3.0' in metrics
 
