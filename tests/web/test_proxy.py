@@ -15,6 +15,7 @@ from foobar.http.server import Request, Response, Server
 from foobar.web.serve import WebServer
 from tests.conftest import RawClient, peak_rss_mib, start_server, wait_listening
 from tests.dbcluster import free_port
+from tests.http.streaming_server import upload_and_download
 from tests.web.conftest import StartWeb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,21 +220,7 @@ async def test_100_mb_up_and_down_through_the_proxy_with_flat_memory(tmp_path: P
         assert (await client.response())[0] == 200
         baseline = peak_rss_mib(web.pid)
 
-        await client.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % SIZE)
-        piece = b"u" * 262144
-        for _ in range(SIZE // len(piece)):
-            await client.send(piece)
-        status, _, body = await client.response(timeout=60)
-        assert (status, int(body)) == (200, SIZE)
-
-        await client.send(b"GET /download?%d HTTP/1.1\r\nHost: a\r\n\r\n" % SIZE)
-        head = await client.reader.readuntil(b"\r\n\r\n")
-        assert b"200 OK" in head and b"Content-Length: %d" % SIZE in head
-        received = 0
-        while received < SIZE:
-            chunk = await asyncio.wait_for(client.reader.read(1 << 20), 10)
-            assert chunk
-            received += len(chunk)
+        await upload_and_download(client, SIZE)
         growth = peak_rss_mib(web.pid) - baseline
         assert growth < 20, f"the proxy's peak RSS grew by {growth:.1f} MiB moving 200 MB"
     finally:
