@@ -95,6 +95,17 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
+async def until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Wait for `condition` to hold, polled every 10 ms: for a test about the order of
+    events, instead of a sleep that hopes the event came."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what or condition}")
+        await asyncio.sleep(0.01)
+
+
 async def wait_listening(port: int) -> None:
     """Until something accepts connections on 127.0.0.1:`port` (a server in another process)."""
     for _ in range(200):

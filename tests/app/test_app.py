@@ -12,6 +12,7 @@ import pytest
 
 from foobar.app.serve import AppServer
 from tests.app.conftest import RunningApp, app_settings
+from tests.conftest import until
 from tests.dbcluster import Cluster, cluster_settings, running_cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,7 +50,7 @@ async def test_post_on_one_app_is_read_at_once_on_the_other(
             )
 
         await replica.execute("START SLAVE SQL_THREAD")
-        await asyncio.sleep(0.5)  # two health intervals: the replica is usable again
+        await until(lambda: second.server.router.replicas[0].usable, what="replica usable")
         for n in range(10):
             created = await writer.post("/api/posts", json={**POST, "title": f"running {n}"})
             gtid = created.headers["x-foobar-gtid"]
@@ -118,7 +119,7 @@ async def test_killed_primary_fails_writes_fast_and_reads_go_on(tmp_path: Path) 
                     assert response.status_code == 503, response.text
                     assert response.headers["retry-after"] == "1"
                     assert loop.time() - started < 1.5  # within its timeout
-                await asyncio.sleep(0.5)
+                await until(lambda: not server.router.primary.usable, what="primary unusable")
                 read = await client.get("/api/posts")
                 assert (read.status_code, read.headers["x-foobar-db"]) == (200, "replica")
                 assert read.json()["posts"][0]["title"] == "hello"
@@ -128,7 +129,7 @@ async def test_killed_primary_fails_writes_fast_and_reads_go_on(tmp_path: Path) 
                 replica = cluster.supervisor.instances[cluster.replica.name]
                 assert replica.pid is not None
                 os.kill(replica.pid, signal.SIGKILL)  # now neither node is usable
-                await asyncio.sleep(0.5)
+                await until(lambda: not server.router.replicas[0].usable, what="replica down")
                 health = await client.get("/healthz")
                 assert health.status_code == 503
                 assert health.json()["nodes"] == {"primary": False, "replica": False}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from foobar.http.server import Request, Response, Server
-from tests.conftest import RawClient, start_server
+from tests.conftest import RawClient, start_server, until
 from tests.lb.conftest import StartLb, address_of, url_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,7 +125,8 @@ async def test_maxconn_queue_and_timeout_queue(start_lb: StartLb, backends) -> N
         httpx.AsyncClient(base_url=url_of(lb), timeout=10) as two,
     ):
         first = asyncio.create_task(one.get("/?delay=1.0"))
-        await asyncio.sleep(0.1)
+        server = lb.balancer.backends["web"].server("s")
+        await until(lambda: server is not None and server.active == 1, what="the slot taken")
         started = time.monotonic()
         queued = await two.get("/")
         waited = time.monotonic() - started
@@ -137,7 +138,8 @@ async def test_maxconn_queue_and_timeout_queue(start_lb: StartLb, backends) -> N
         httpx.AsyncClient(base_url=url_of(lb2), timeout=10) as two,
     ):
         first = asyncio.create_task(one.get("/?delay=0.3"))
-        await asyncio.sleep(0.1)
+        server = lb2.balancer.backends["web"].server("s")
+        await until(lambda: server is not None and server.active == 1, what="the slot taken")
         second = await two.get("/")  # waits for the slot, then is served
         assert second.status_code == 200 and (await first).status_code == 200
         assert lb2.balancer.backends["web"].queued_max == 1

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from foobar.http.server import Request, Response, Server
-from tests.conftest import start_server
+from tests.conftest import start_server, until
 from tests.dbcluster import free_port
 from tests.lb.conftest import ROOT
 
@@ -72,5 +72,4 @@ async def test_two_workers_share_the_port_and_the_stats(servers: list[Server]) -
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
-    await asyncio.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    await until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), what="workers gone")
