@@ -34,6 +34,7 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -85,15 +86,24 @@ class RoleSettings(BaseModel):
     log_level: str = "info"
     access_log: bool = True
 
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"under {MIN_TOKEN_LENGTH} characters")
+        return token
+
+    @field_validator("admin_token_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_token_file(path)  # unreadable or too short fails here, not at first use
+        return path
+
     @model_validator(mode="after")
     def _one_admin_token(self) -> RoleSettings:
         if self.admin_token is not None and self.admin_token_file is not None:
             raise ValueError("give admin_token or admin_token_file, not both")
-        token = self.admin_token
-        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"admin_token: under {MIN_TOKEN_LENGTH} characters")
-        if self.admin_token_file is not None:
-            read_token_file(self.admin_token_file)  # unreadable or too short fails here
         return self
 
     def admin_secret(self) -> str | None:
@@ -161,7 +171,7 @@ def load(
         settings = model.model_validate(values)
     except ValidationError as exc:
         for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"])
+            key = ".".join(str(part) for part in error["loc"]) or model.role
             where = origin.get(str(error["loc"][0]) if error["loc"] else "", "")
             message = error["msg"] if error["type"] != "extra_forbidden" else "unknown setting"
             problems.append((f"{key} ({where})" if where else key, message))
