@@ -151,6 +151,37 @@ def certificate_valid(cert: Path) -> bool:
     return check.returncode == 0
 
 
+def make_certificate(cert: Path, key: Path, days: int) -> None:
+    """A self-signed certificate for www.foobar.com (and localhost) valid for `days`, its
+    key 0600; both replace the old ones only once complete."""
+    new_cert, new_key = cert.with_suffix(".pem.new"), key.with_suffix(".pem.new")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            str(days),
+            "-keyout",
+            str(new_key),
+            "-out",
+            str(new_cert),
+            "-subj",
+            "/CN=www.foobar.com",
+            "-addext",
+            "subjectAltName=DNS:www.foobar.com,DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    new_key.chmod(0o600)
+    new_key.replace(key)
+    new_cert.replace(cert)
+
+
 def certificate(plan: Plan) -> tuple[Path, Path]:
     """A self-signed certificate for www.foobar.com, made once and kept, and made again
     when it is about to expire."""
@@ -163,32 +194,7 @@ def certificate(plan: Plan) -> tuple[Path, Path]:
         print("the self-signed certificate expires within 30 days: renewing it", flush=True)
     else:
         print("making a self-signed certificate for www.foobar.com ...", flush=True)
-    new_key = folder / "key.pem.new"  # openssl creates the key file 0600 itself
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            str(CERT_DAYS),
-            "-keyout",
-            str(new_key),
-            "-out",
-            str(cert.with_suffix(".pem.new")),
-            "-subj",
-            "/CN=www.foobar.com",
-            "-addext",
-            "subjectAltName=DNS:www.foobar.com,DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    new_key.chmod(0o600)
-    new_key.replace(key)
-    cert.with_suffix(".pem.new").replace(cert)
+    make_certificate(cert, key, CERT_DAYS)
     return cert, key
 
 

@@ -13,7 +13,7 @@ import pytest
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import load_secrets
 from foobar.files import private_directory, tighten, write_private
-from foobar.up import Plan, admin_token, certificate, certificate_valid
+from foobar.up import Plan, admin_token, certificate, certificate_valid, make_certificate
 
 
 def mode(path: Path) -> int:
@@ -76,26 +76,7 @@ def test_certificate_renewed_when_under_30_days_left(tmp_path: Path) -> None:
     folder = tmp_path / "tls"
     folder.mkdir()
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "29",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=www.foobar.com",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_certificate(cert, key, days=29)
     key.chmod(0o644)
     old_end = end_date(cert)
     assert not certificate_valid(cert)

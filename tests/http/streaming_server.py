@@ -5,15 +5,21 @@ read), GET /download?N (N bytes of `blocks()`, whose digest `digest_of(N)` gives
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import uvloop
 
 from foobar.http.server import Request, Response, Server, ServerConfig
-from tests.conftest import RawClient
+from tests.conftest import RawClient, peak_rss_mib
 
 BLOCK = 65536
+ROOT = Path(__file__).resolve().parents[2]
+# 200 MB moved; buffers are 64 KiB high-water marks plus a read of up to 256 KiB
+MAX_GROWTH_MIB = 20
 
 
 def blocks(size: int) -> Iterator[bytes]:
@@ -86,3 +92,33 @@ async def upload_and_download(client: RawClient, size: int, chunked: bool = Fals
         received += len(chunk)
         digest.update(chunk)
     assert digest.hexdigest() == digest_of(size)
+
+
+@contextlib.asynccontextmanager
+async def streaming_upstream() -> AsyncIterator[tuple[int, int]]:
+    """This server as its own process (so its peak RSS is its own): (pid, port)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.http.streaming_server",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        yield process.pid, int(await asyncio.wait_for(process.stdout.readline(), 10))
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def streams_with_flat_memory(pid: int, port: int, size: int, chunked: bool = False) -> None:
+    """Through 127.0.0.1:`port` to a streaming_upstream: `upload_and_download`, while the
+    peak RSS of process `pid` (the one in the middle, or the server itself) stays flat."""
+    client = await RawClient.connect(("127.0.0.1", port))
+    await client.send(b"GET /warmup?1024 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (await client.response())[0] == 200
+    baseline = peak_rss_mib(pid)
+    await upload_and_download(client, size, chunked)
+    growth = peak_rss_mib(pid) - baseline
+    assert growth < MAX_GROWTH_MIB, f"peak RSS of {pid} grew by {growth:.1f} MiB moving 2x{size}"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +11,9 @@ import pytest
 
 from foobar.http import proxy_protocol
 from foobar.http.server import Request, Response, Server
-from tests.conftest import peak_rss_mib, start_server, wait_listening
+from tests.conftest import foobar_process, peak_rss_mib, start_server, wait_listening
 from tests.dbcluster import free_port
-from tests.lb.conftest import ROOT, StartLb, url_of
+from tests.lb.conftest import StartLb, url_of
 
 pytestmark = pytest.mark.timeout(90)
 SIZE = 100 * 1024 * 1024
@@ -39,42 +37,36 @@ async def test_100_mb_both_ways_half_closed_with_flat_memory() -> None:
     server = await asyncio.start_server(backend, "127.0.0.1", 0)
     backend_port = server.sockets[0].getsockname()[1]
     port = free_port()
-    lb = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "foobar.lb",
-        "--mode",
-        "tcp",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--backend",
-        f"127.0.0.1:{backend_port}",
-        cwd=ROOT,
-        env={**os.environ, "FOOBAR_LB_ACCESS_LOG": "false"},
-    )
-    try:
-        async with server:
-            await wait_listening(port)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"warm")
+    async with (
+        server,
+        foobar_process(
+            "foobar.lb",
+            "--mode",
+            "tcp",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--backend",
+            f"127.0.0.1:{backend_port}",
+        ) as lb,
+    ):
+        await wait_listening(port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"warm")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        baseline = peak_rss_mib(lb.pid)
+        for _ in range(SIZE // len(PIECE)):
+            writer.write(PIECE)
             await writer.drain()
-            await asyncio.sleep(0.2)
-            baseline = peak_rss_mib(lb.pid)
-            for _ in range(SIZE // len(PIECE)):
-                writer.write(PIECE)
-                await writer.drain()
-            writer.write_eof()  # half-close: our direction ends, theirs goes on
-            received = 0
-            while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
-                received += len(chunk)
-            writer.close()
-            assert received_by_backend == SIZE + 4
-            assert received == SIZE
-            growth = peak_rss_mib(lb.pid) - baseline
-            assert growth < 20, f"the balancer's peak RSS grew by {growth:.1f} MiB"
-    finally:
-        lb.terminate()
-        await lb.wait()
+        writer.write_eof()  # half-close: our direction ends, theirs goes on
+        received = 0
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            received += len(chunk)
+        writer.close()
+        assert received_by_backend == SIZE + 4
+        assert received == SIZE
+        growth = peak_rss_mib(lb.pid) - baseline
+        assert growth < 20, f"the balancer's peak RSS grew by {growth:.1f} MiB"
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
