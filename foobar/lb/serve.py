@@ -68,6 +68,8 @@ class LoadBalancer:
         except OSError as exc:
             log.error("event=reload_failed reason=%r", str(exc))
             return False
+        # a new token (or token file's content) counts from the reload on
+        self.admin.guard = AdminGuard(settings.admin_secret(), settings.admin_names)
         return True
 
     async def stop(self) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from foobar.http.server import Request, Response, Server
+from foobar.lb.settings import LbSettings
 from tests.conftest import RawClient, start_server, until
 from tests.lb.conftest import StartLb, address_of, url_of
 
@@ -252,6 +253,20 @@ async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> Non
         ] == "ready"
         metrics = (await ops.get("/metrics")).text
         assert 'foobar_lb_server_weight{backend="web",server="a"} 3.0' in metrics
+
+
+async def test_a_reload_brings_the_new_admin_token(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = await backends("a")
+    fields = {"admin": "127.0.0.1:0", **lb_fields(f"a={backend.address}", check=None)}
+    old, new = "old-admin-token-0123456789", "new-admin-token-0123456789"
+    lb = await start_lb(admin_token=old, **fields)
+    reloaded = LbSettings.model_validate({"name": "lb1", "admin_token": new, **fields})
+    assert await lb.reload(lambda: reloaded)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{lb.admin.server.address[1]}") as ops:
+        for token, status in ((old, 401), (new, 200)):
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            answer = await ops.post("/servers/web/a", content=b'{"weight": 2}', headers=headers)
+            assert answer.status_code == status, token
 
 
 async def test_drain_takes_no_new_visitors_but_keeps_sticky_ones(
