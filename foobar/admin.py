@@ -202,6 +202,13 @@ class Admin:
             if method not in READ_METHODS:
                 refusal = self.guard.refuse(request, self.server.address)
                 if refusal is not None:
+                    log.warning(
+                        "event=admin_refused status=%d peer=%s method=%s path=%r",
+                        refusal.status,
+                        request.client_ip,
+                        request.method,
+                        request.path.decode("latin-1"),
+                    )
                     return refusal
             return await route(request)
         allowed = sorted(m for m, path in self.routes if path == request.path)

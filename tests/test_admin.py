@@ -121,7 +121,7 @@ CHANGE_CASES = [
 
 
 async def test_changes_need_the_token_json_and_the_listeners_own_host(
-    admin: tuple[Role, str],
+    admin: tuple[Role, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, url = admin
     port = url.rsplit(":", 1)[1]
@@ -133,6 +133,8 @@ async def test_changes_need_the_token_json_and_the_listeners_own_host(
             assert response.status_code == status, changed
             if status == 401:
                 assert response.headers["www-authenticate"] == 'Bearer realm="foobar admin"'
+        refused = [status for _, status in CHANGE_CASES if status != 200]
+        assert caplog.text.count("event=admin_refused") == len(refused)
         # reading stays open
         for path in ("/healthz", "/metrics", "/status"):
             assert (await client.get(path)).status_code == 200
