@@ -63,6 +63,7 @@ async def test_open_post_see_and_like(site_url: str, db_cluster: Cluster) -> Non
         assert listed.headers["x-foobar-db"] == "primary"
         # replication resumes: the replica catches up and the cookie's read is its again
         await db_cluster.admin(db_cluster.replica.name).execute("START SLAVE SQL_THREAD")
+        await db_cluster.wait_until(db_cluster.replica.name, "SELECT COUNT(*) FROM posts", 1)
         caught_up = await browser.get("/api/posts")
         assert caught_up.json()["posts"][0]["id"] == post_id
         assert caught_up.headers["x-foobar-db"] == "replica"
