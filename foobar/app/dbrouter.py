@@ -369,7 +369,10 @@ class Router:
                     return await self._run(replica, work), replica
                 reason = "gtid_timeout"
             except Exception as exc:
-                if not unavailable(exc):
+                # A replica that cannot run a read (down, or an error of its own: a table
+                # not there yet after a restart) is not the client's problem: reads are
+                # idempotent, the primary runs it again.
+                if not unavailable(exc) and not isinstance(exc, pymysql.err.MySQLError):
                     raise
                 log.info(
                     "event=replica_failed node=%s reason=%r action=primary",

@@ -3,6 +3,7 @@ a real app server on a real primary-replica pair."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -23,6 +24,12 @@ async def site_url(db_cluster: Cluster, start_web: StartWeb) -> AsyncIterator[st
     # cookie can make a read see a write then).
     app = AppServer(app_settings(db_cluster, "app1", health_interval=60))
     await app.start()
+    # checked by hand until both nodes are usable (a fresh replica may not be at first)
+    for _ in range(100):
+        await app.router.check()
+        if all(node.usable for node in app.router.nodes):
+            break
+        await asyncio.sleep(0.1)
     web = await start_web(upstreams=[f"127.0.0.1:{app.server.address[1]}"])  # the package's site
     host, port = web.server.address
     yield f"http://{host}:{port}"
