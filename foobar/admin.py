@@ -7,12 +7,25 @@ private by the firewall:
 
 A role passes async callables for health and status, and may add routes of its own (the
 database's `POST /promote`, the balancer's `/stats`).
+
+Reading stays open on the admin address; changing the running system does not
+(HAProxy's `stats auth` and `stats admin if`). A request with any other method than GET
+or HEAD to a route that exists is answered, in this order:
+
+    421  its Host is not the listener's own address or one of `admin_names` (a browser
+         page reaching the port by a name it rebound, DNS rebinding)
+    401  no `Authorization: Bearer <admin token>`, a wrong one, or no token configured
+         (then nothing can change the system through this listener)
+    415  a Content-Type other than application/json (a plain HTML form or a text/plain
+         fetch, which a browser sends cross-site without asking)
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -34,9 +47,99 @@ Route = Callable[[Request], Awaitable[Response]]
 MAX_ADMIN_BODY = 64 * 1024
 
 
+# Methods that only read; every other one changes something and is guarded.
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 def json_response(status: int, data: Any) -> Response:
     body = json.dumps(data, indent=2, default=str).encode() + b"\n"
     return Response(status, [(b"Content-Type", b"application/json")], body)
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A Host field value as (host, port or None); None when it is not one."""
+    host, port = value, None
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        rest = rest[1:]
+    else:
+        host, _, rest = value.rpartition(":") if ":" in value else (value, "", "")
+    if rest:
+        if not rest.isdigit() or len(rest) > 5:
+            return None
+        port = int(rest)
+    return (host.lower(), port) if host else None
+
+
+class AdminGuard:
+    """Decides whether a state-changing admin request may run (see the module's
+    docstring for the answers). `token` None means no change is accepted at all."""
+
+    def __init__(self, token: str | None, names: Sequence[str] = ()) -> None:
+        self._token = token.encode() if token else None
+        self.names = frozenset(name.lower() for name in names)
+
+    def host_allowed(self, value: bytes | None, listening: tuple[str, int]) -> bool:
+        """The listener's own address (any address literal when it listens on all of
+        them: a rebinding page always arrives by a name) or a configured name, with the
+        listener's port when a port is given."""
+        parsed = split_host(value.decode("latin-1")) if value else None
+        if parsed is None:
+            return False
+        host, port = parsed
+        own_host, own_port = listening
+        if port is not None and port != own_port:
+            return False
+        if host in self.names:
+            return True
+        if own_host in ("0.0.0.0", "::"):
+            return is_ip_literal(host)
+        return is_ip_literal(host) and ipaddress.ip_address(host) == ipaddress.ip_address(own_host)
+
+    def token_valid(self, value: bytes | None) -> bool:
+        if self._token is None or value is None:
+            return False
+        scheme, _, credentials = value.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(credentials.strip(), self._token)
+
+    def refuse(self, request: Request, listening: tuple[str, int]) -> Response | None:
+        """The answer refusing `request`, or None when it may go on."""
+        if not self.host_allowed(request.header(b"host"), listening):
+            return json_response(421, {"error": "this admin listener does not answer that Host"})
+        if not self.token_valid(request.header(b"authorization")):
+            reason = (
+                "an admin token is required (Authorization: Bearer ...)"
+                if self._token is not None
+                else "no admin token is configured (admin_token or admin_token_file), "
+                "so nothing can be changed here"
+            )
+            response = json_response(401, {"error": reason})
+            response.headers.append((b"WWW-Authenticate", b'Bearer realm="foobar admin"'))
+            return response
+        content_type = request.header(b"content-type") or b""
+        if content_type.partition(b";")[0].strip().lower() != b"application/json":
+            return json_response(415, {"error": "the body must be application/json"})
+        return None
+
+
+def admin_headers(host: str, token: str | None) -> list[tuple[bytes, bytes]]:
+    """The request headers a command-line tool sends for a state-changing call."""
+    headers = [(b"Host", host.encode()), (b"Content-Type", b"application/json")]
+    if token:
+        headers.append((b"Authorization", b"Bearer " + token.encode()))
+    return headers
 
 
 class PlainCounter:
@@ -120,6 +223,7 @@ class Admin:
         registry: CollectorRegistry = REGISTRY,
         routes: Mapping[tuple[str, bytes], Route] | None = None,
         fallback: Route | None = None,
+        guard: AdminGuard | None = None,
     ) -> None:
         self.health = health
         self.status = status
@@ -131,6 +235,7 @@ class Admin:
             **(routes or {}),
         }
         self.fallback = fallback  # for paths with parameters, e.g. /servers/{backend}/{server}
+        self.guard = guard or AdminGuard(None)
         self.server = Server(self.handle, ServerConfig(max_body_bytes=MAX_ADMIN_BODY))
 
     async def start(self, address: HostPort) -> None:
@@ -143,11 +248,20 @@ class Admin:
 
     async def handle(self, request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
-        route = self.routes.get((method, request.path))
+        route = self.routes.get((method, request.path)) or self.fallback
         if route is not None:
+            if method not in READ_METHODS:
+                refusal = self.guard.refuse(request, self.server.address)
+                if refusal is not None:
+                    log.warning(
+                        "event=admin_refused status=%d peer=%s method=%s path=%r",
+                        refusal.status,
+                        request.client_ip,
+                        request.method,
+                        request.path.decode("latin-1"),
+                    )
+                    return refusal
             return await route(request)
-        if self.fallback is not None:
-            return await self.fallback(request)
         allowed = sorted(m for m, path in self.routes if path == request.path)
         if allowed:
             response = error_response(405)

@@ -27,7 +27,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from foobar.errors import ConfigError
 
@@ -67,8 +76,58 @@ class RoleSettings(BaseModel):
     role: ClassVar[str]
 
     admin: Address | None = None
+    # What a state-changing admin request (POST /promote, POST /servers/...) must carry as
+    # `Authorization: Bearer ...`: given here, as FOOBAR_<ROLE>_ADMIN_TOKEN, or in a file
+    # (`make up` writes one, 0600). Without one, nothing can be changed through the admin
+    # listener. `admin_names`: host names besides its address that it answers to.
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    admin_names: list[str] = []
     log_level: str = "info"
     access_log: bool = True
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"under {MIN_TOKEN_LENGTH} characters")
+        return token
+
+    @field_validator("admin_token_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_token_file(path)  # unreadable or too short fails here, not at first use
+        return path
+
+    @model_validator(mode="after")
+    def _one_admin_token(self) -> RoleSettings:
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("give admin_token or admin_token_file, not both")
+        return self
+
+    def admin_secret(self) -> str | None:
+        """The admin token from wherever the settings say, or None."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None:
+            return read_token_file(self.admin_token_file)
+        return None
+
+
+# A token shorter than this is guessable over a few days of tries.
+MIN_TOKEN_LENGTH = 16
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (its first line), or ValueError saying what is wrong."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"admin token file {path}: {exc.strerror}") from exc
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"admin token file {path}: under {MIN_TOKEN_LENGTH} characters")
+    return token
 
 
 S = TypeVar("S", bound=RoleSettings)
@@ -112,7 +171,7 @@ def load(
         settings = model.model_validate(values)
     except ValidationError as exc:
         for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"])
+            key = ".".join(str(part) for part in error["loc"]) or model.role
             where = origin.get(str(error["loc"][0]) if error["loc"] else "", "")
             message = error["msg"] if error["type"] != "extra_forbidden" else "unknown setting"
             problems.append((f"{key} ({where})" if where else key, message))
@@ -158,6 +217,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the effective settings and exit 0, or every error and exit 2",
     )
     parser.add_argument("--admin", metavar="HOST:PORT", help="admin listener address")
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="PATH",
+        help="the token state-changing admin requests must carry (never the token itself "
+        "on a command line: any local user can read it there)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ import uvloop
 
 from foobar import monitoring
 from foobar.errors import FoobarError
+from foobar.files import private_directory, tighten, write_private
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.settings import HostPort
 from foobar.statuspage.collector import Collector, Target
@@ -44,6 +46,10 @@ STOP_TIMEOUT = 30.0
 READY_TIMEOUT = 90.0
 SERVER_BINARIES = ("mariadbd", "mysqld")
 SBIN = ("/usr/sbin", "/usr/local/sbin")
+# The self-signed certificate is made for 825 days (the longest browsers accepted) and
+# made again when it has less than this left, as an ACME client renews at 30 days.
+CERT_DAYS = 825
+CERT_RENEW_SECONDS = 30 * 24 * 3600
 
 
 class UpError(FoobarError):
@@ -58,6 +64,8 @@ class Child:
     address: str
     admin: HostPort
     metric: str | None  # the requests counter whose rate the table shows
+    # added to the environment: how secrets reach a child (a command line is public)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     process: asyncio.subprocess.Process | None = None
     healthy: str = "starting"
     rate: float | None = None
@@ -144,15 +152,21 @@ def preflight(plan: Plan) -> None:
             raise UpError(f"port {port} on {HOST} is taken; try --base-port")
 
 
-def certificate(plan: Plan) -> tuple[Path, Path]:
-    """A self-signed certificate for www.foobar.com, made once and kept."""
-    folder = plan.state_dir / "tls"
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    if cert.exists() and key.exists():
-        return cert, key
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    print("making a self-signed certificate for www.foobar.com ...", flush=True)
+def certificate_valid(cert: Path) -> bool:
+    """Does `cert` exist and stay valid for more than CERT_RENEW_SECONDS?"""
+    if not cert.exists():
+        return False
+    check = subprocess.run(
+        ["openssl", "x509", "-checkend", str(CERT_RENEW_SECONDS), "-noout", "-in", str(cert)],
+        capture_output=True,
+    )
+    return check.returncode == 0
+
+
+def make_certificate(cert: Path, key: Path, days: int) -> None:
+    """A self-signed certificate for www.foobar.com (and localhost) valid for `days`, its
+    key 0600; both replace the old ones only once complete."""
+    new_cert, new_key = cert.with_suffix(".pem.new"), key.with_suffix(".pem.new")
     subprocess.run(
         [
             "openssl",
@@ -162,11 +176,11 @@ def certificate(plan: Plan) -> tuple[Path, Path]:
             "rsa:2048",
             "-nodes",
             "-days",
-            "825",
+            str(days),
             "-keyout",
-            str(key),
+            str(new_key),
             "-out",
-            str(cert),
+            str(new_cert),
             "-subj",
             "/CN=www.foobar.com",
             "-addext",
@@ -175,8 +189,36 @@ def certificate(plan: Plan) -> tuple[Path, Path]:
         check=True,
         capture_output=True,
     )
-    key.chmod(0o600)
+    new_key.chmod(0o600)
+    new_key.replace(key)
+    new_cert.replace(cert)
+
+
+def certificate(plan: Plan) -> tuple[Path, Path]:
+    """A self-signed certificate for www.foobar.com, made once and kept, and made again
+    when it is about to expire."""
+    folder = private_directory(plan.state_dir / "tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if key.exists():
+        tighten(key)
+        if certificate_valid(cert):
+            return cert, key
+        print("the self-signed certificate expires within 30 days: renewing it", flush=True)
+    else:
+        print("making a self-signed certificate for www.foobar.com ...", flush=True)
+    make_certificate(cert, key, CERT_DAYS)
     return cert, key
+
+
+def admin_token(plan: Plan) -> Path:
+    """The token that state-changing admin requests carry (`POST /promote`,
+    `POST /servers/...`), made once, 0600; children and tools are given its path."""
+    path = plan.state_dir / "admin-token"
+    if path.exists():
+        tighten(path)
+    else:
+        write_private(path, secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def lb_config(plan: Plan, webs: list[Child]) -> Path:
@@ -198,7 +240,8 @@ def lb_config(plan: Plan, webs: list[Child]) -> Path:
             f'[[lb.frontends]]\nname = "http"\nbind = "{HOST}:{plan.port(0)}"\nbackend = "web"\n\n'
         )
     text = (
-        f'[lb]\nname = "lb1"\nadmin = "{HOST}:{plan.port(100)}"\n\n{frontends}'
+        f'[lb]\nname = "lb1"\nadmin = "{HOST}:{plan.port(100)}"\n'
+        f'admin_token_file = "{admin_token(plan).resolve()}"\n\n{frontends}'
         '[[lb.backends]]\nname = "web"\nalgorithm = "leastconn"\n'
         'check = { kind = "http", path = "/healthz", inter = 1.0, rise = 2, fall = 2 }\n\n'
         f"{servers}"
@@ -222,10 +265,11 @@ class Site:
         self.page: StatusPage | None = None
 
     async def start_child(self, child: Child) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
+        private_directory(self.logs)
         log = (self.logs / f"{child.name}.log").open("ab")
         child.process = await asyncio.create_subprocess_exec(
             *child.command,
+            env={**os.environ, **child.env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -267,7 +311,9 @@ class Site:
             await asyncio.sleep(0.3)
         raise UpError(f"{child.name} was not ready within {READY_TIMEOUT:.0f}s ({what}): {reason}")
 
-    async def start_tier(self, role: str, index: int, offset: int, *args: str) -> Child:
+    async def start_tier(
+        self, role: str, index: int, offset: int, *args: str, env: dict[str, str] | None = None
+    ) -> Child:
         """Server `index` of the web or app tier: its port at B+offset+index, its admin
         listener 100 above."""
         name, port = f"{role}{index + 1}", self.plan.port(offset + index)
@@ -288,6 +334,7 @@ class Site:
             f"{HOST}:{port}",
             HostPort(HOST, admin),
             f"foobar_{role}_requests_total",
+            env or {},
         )
         await self.start_child(child)
         return child
@@ -311,6 +358,8 @@ class Site:
                 str(plan.port(22)),
                 "--admin",
                 f"{HOST}:{plan.port(121)}",
+                "--admin-token-file",
+                str(admin_token(plan).resolve()),
             ),
             f"{HOST}:{plan.port(21)}/{plan.port(22)}",
             HostPort(HOST, plan.port(121)),
@@ -323,14 +372,17 @@ class Site:
         await self.start_child(db)
         await self.wait_ready(db, "primary and replica replicating")
 
-        secrets = json.loads((state / "db" / "secrets.json").read_text())
+        password = json.loads((state / "db" / "secrets.json").read_text())["app_password"]
         dsn = "mysql://foobar:{password}@{host}:{port}/foobar"
-        primary = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(21))
-        replica = dsn.format(password=secrets["app_password"], host=HOST, port=plan.port(22))
-        apps = [
-            await self.start_tier("app", i, 11, "--primary", primary, "--replica", replica)
-            for i in range(plan.apps)
-        ]
+        # The URLs hold the password: they go by environment, which only the process's
+        # own user can read (/proc/PID/environ is 0400), never on the command line.
+        database = {
+            "FOOBAR_APP_PRIMARY": dsn.format(password=password, host=HOST, port=plan.port(21)),
+            "FOOBAR_APP_REPLICAS": json.dumps(
+                [dsn.format(password=password, host=HOST, port=plan.port(22))]
+            ),
+        }
+        apps = [await self.start_tier("app", i, 11, env=database) for i in range(plan.apps)]
         for app in apps:
             await self.wait_ready(app, "schema ready")
         upstreams = [arg for app in apps for arg in ("--upstream", app.address)]
@@ -405,6 +457,10 @@ class Site:
         if plan.monitoring:
             lines.append(f"  Prometheus: http://{HOST}:{plan.port(201)}/alerts")
             lines.append(f"  Alertmanager: http://{HOST}:{plan.port(202)}/")
+        lines.append(
+            f"  admin token (for POST /servers/..., foobar.db promote): "
+            f"{plan.state_dir / 'admin-token'}"
+        )
         lines.append(f"  logs: {self.logs}/   state: {plan.state_dir}/   Ctrl-C stops everything")
         return "\n".join(lines)
 
@@ -475,7 +531,7 @@ class Site:
 
 async def run(plan: Plan) -> int:
     preflight(plan)
-    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(plan.state_dir)
     site = Site(plan)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,6 +4,9 @@ raw-socket client that sends exactly the bytes it is given."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -93,6 +96,39 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmHWM for {pid}")
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Wait for `condition` to hold, polled every 10 ms: for a test about the order of
+    events, instead of a sleep that hopes the event came."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def foobar_process(
+    module: str, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m <module> <args>` from the repository, its access log off, stopped at
+    the end (SIGTERM)."""
+    role = module.rpartition(".")[2].upper()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, f"FOOBAR_{role}_ACCESS_LOG": "false", **(env or {})},
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 async def wait_listening(port: int) -> None:

@@ -70,17 +70,27 @@ class Cluster:
             connection.close()
 
     async def wait_until(self, name: str, sql: str, expected: Any, timeout: float = 15.0) -> None:
-        """Poll `sql` on instance `name` until its first value equals `expected`."""
+        """Poll `sql` on instance `name` until its first value equals `expected`. A query
+        may fail while the server starts or catches up; on timeout the last value and the
+        last error are both reported (the error chained), not hidden."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        value = None
+        value: Any = None
+        error: Exception | None = None
         while loop.time() < deadline:
-            with contextlib.suppress(Exception):
+            try:
                 value = (await self.app_query(name, sql))[0][0]
+            except Exception as exc:
+                error = exc
+            else:
+                error = None
                 if value == expected:
                     return
             await asyncio.sleep(0.1)
-        raise AssertionError(f"{name}: {sql} gave {value!r}, expected {expected!r}")
+        last = f"; last error: {error!r}" if error is not None else ""
+        raise AssertionError(
+            f"{name}: {sql} gave {value!r}, expected {expected!r} within {timeout}s{last}"
+        ) from error
 
 
 def cluster_settings(state_dir: Path, **overrides: Any) -> DbSettings:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from foobar.admin import Admin, PlainCounter, json_response
+from foobar.admin import Admin, AdminGuard, PlainCounter, json_response, split_host
 from foobar.http.server import Request, Response
 from foobar.settings import HostPort
 
@@ -32,6 +32,10 @@ class Role:
         return {"role": "test", "upstreams": [{"name": "a", "up": self.healthy}]}
 
 
+TOKEN = "a-token-long-enough-to-count"
+AUTHORIZED = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
 @pytest.fixture
 async def admin() -> AsyncIterator[tuple[Role, str]]:
     role = Role()
@@ -39,7 +43,13 @@ async def admin() -> AsyncIterator[tuple[Role, str]]:
     async def promote(request: Request) -> Response:
         return json_response(200, {"promoted": (await request.body.read()).decode()})
 
-    admin = Admin(role.health, role.status, role.registry, {("POST", b"/promote"): promote})
+    admin = Admin(
+        role.health,
+        role.status,
+        role.registry,
+        {("POST", b"/promote"): promote},
+        guard=AdminGuard(TOKEN, ["admin.foobar.internal"]),
+    )
     await admin.start(HostPort("127.0.0.1", 0))
     host, port = admin.server.address
     yield role, f"http://{host}:{port}"
@@ -79,8 +89,8 @@ async def test_status_json_and_extra_route(admin: tuple[Role, str]) -> None:
             "role": "test",
             "upstreams": [{"name": "a", "up": True}],
         }
-        response = await client.post("/promote", content=b"replica")
-        assert response.json() == {"promoted": "replica"}
+        response = await client.post("/promote", content=b'"replica"', headers=AUTHORIZED)
+        assert response.json() == {"promoted": '"replica"'}
 
 
 async def test_unknown_path_404_and_wrong_method_405(admin: tuple[Role, str]) -> None:
@@ -112,3 +122,92 @@ def test_plain_histogram_exports_what_prometheus_client_would() -> None:
         return sorted(line for line in text.splitlines() if "_created" not in line)
 
     assert samples(ours) == samples(theirs)
+
+
+# What a change request carries that differs from AUTHORIZED (PORT: the listener's port),
+# and the answer.
+CHANGE_CASES = [
+    # what a page in a browser can send cross-site without asking: no token, text/plain
+    ({"Authorization": "", "Content-Type": "text/plain"}, 401),
+    ({"Authorization": "Bearer a-token-long-enough-to-coun7"}, 401),
+    ({"Authorization": f"Basic {TOKEN}"}, 401),
+    ({"Content-Type": "text/plain"}, 415),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    # DNS rebinding: the attacker's name now points at 127.0.0.1, the Host stays theirs
+    ({"Host": "attacker.example:PORT"}, 421),
+    ({"Host": "127.0.0.1:1"}, 421),
+    ({"Host": "Admin.Foobar.Internal:PORT"}, 200),  # a configured name
+    ({"Content-Type": "application/json; charset=utf-8"}, 200),
+]
+
+
+async def test_changes_need_the_token_json_and_the_listeners_own_host(
+    admin: tuple[Role, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, url = admin
+    port = url.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(base_url=url) as client:
+        for changed, status in CHANGE_CASES:
+            headers = {**AUTHORIZED, **changed}
+            headers = {k: v.replace("PORT", port) for k, v in headers.items() if v}
+            response = await client.post("/promote", content=b"{}", headers=headers)
+            assert response.status_code == status, changed
+            if status == 401:
+                assert response.headers["www-authenticate"] == 'Bearer realm="foobar admin"'
+        refused = [status for _, status in CHANGE_CASES if status != 200]
+        assert caplog.text.count("event=admin_refused") == len(refused)
+        # reading stays open
+        for path in ("/healthz", "/metrics", "/status"):
+            assert (await client.get(path)).status_code == 200
+
+
+async def test_without_a_configured_token_nothing_changes() -> None:
+    role = Role()
+    calls = []
+
+    async def promote(request: Request) -> Response:
+        calls.append(request)
+        return json_response(200, {})
+
+    admin = Admin(role.health, role.status, role.registry, {("POST", b"/promote"): promote})
+    await admin.start(HostPort("127.0.0.1", 0))
+    host, port = admin.server.address
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            response = await client.post("/promote", content=b"{}", headers=AUTHORIZED)
+            assert response.status_code == 401 and "no admin token" in response.json()["error"]
+            assert (await client.get("/status")).status_code == 200
+    finally:
+        await admin.shutdown()
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("host", "listening", "allowed"),
+    [
+        ("127.0.0.1:9100", ("127.0.0.1", 9100), True),
+        ("127.0.0.1", ("127.0.0.1", 9100), True),
+        ("127.0.0.2:9100", ("127.0.0.1", 9100), False),
+        ("127.0.0.1:9101", ("127.0.0.1", 9100), False),
+        ("localhost:9100", ("127.0.0.1", 9100), False),
+        ("[::1]:9100", ("::1", 9100), True),
+        ("[::1]:9100", ("127.0.0.1", 9100), False),
+        ("10.0.0.1:9100", ("0.0.0.0", 9100), True),  # all addresses: any literal one
+        ("evil.example:9100", ("0.0.0.0", 9100), False),
+        ("stats.lb1:9100", ("10.0.0.1", 9100), True),
+        ("stats.lb1.evil.example:9100", ("10.0.0.1", 9100), False),
+        ("127.0.0.1:9100:1", ("127.0.0.1", 9100), False),
+        ("127.0.0.1:x", ("127.0.0.1", 9100), False),
+        ("", ("127.0.0.1", 9100), False),
+    ],
+)
+def test_host_rule(host: str, listening: tuple[str, int], allowed: bool) -> None:
+    guard = AdminGuard(TOKEN, ["stats.lb1"])
+    assert guard.host_allowed(host.encode(), listening) is allowed
+
+
+def test_split_host() -> None:
+    assert split_host("a.example:80") == ("a.example", 80)
+    assert split_host("[::1]") == ("::1", None)
+    assert split_host("[::1]x") is None
+    assert split_host(":80") is None

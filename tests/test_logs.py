@@ -95,9 +95,41 @@ async def test_a_full_access_buffer_is_written_at_once() -> None:
     assert stream.getvalue() == "12345\n67890\n"
 
 
+class BrokenOnce(io.StringIO):
+    """A pipe whose reader went away once (EPIPE), then a new one took over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    def write(self, text: str) -> int:
+        if not self.failures:
+            self.failures += 1
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
 def test_a_closed_stream_loses_the_lines_not_the_server() -> None:
-    stream = io.StringIO()
-    stream.close()
-    log = logs.AccessLog(stream)
-    log.write("lost")  # no loop: written at once, into a closed stream
+    closed = io.StringIO()
+    closed.close()
+    log = logs.AccessLog(closed)
+    log.write("lost")  # no loop: written at once, into a closed stream (ValueError)
     log.write("lost too")
+    log.stream = broken = BrokenOnce()
+    log.write("lost in the pipe")  # OSError: swallowed, the line dropped
+    log.write("written")  # the stream works again: this line, and none of the lost ones
+    assert broken.failures == 1
+    assert broken.getvalue() == "written\n"
+
+
+async def test_a_failing_stream_does_not_break_the_timer_flush() -> None:
+    errors: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    stream = BrokenOnce()
+    log = logs.AccessLog(stream, flush_after=0.01)
+    log.write("lost")
+    await asyncio.sleep(0.05)  # the timer's own delay: this test is about time
+    log.write("written")
+    log.flush()
+    assert (stream.getvalue(), errors) == ("written\n", [])

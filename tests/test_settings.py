@@ -133,3 +133,41 @@ def test_settings_are_frozen() -> None:
     settings, _ = load(WebLike, environ={})
     with pytest.raises(ValueError):
         settings.workers = 3  # type: ignore[misc]
+
+
+def test_admin_token_from_settings_environment_or_file(tmp_path: Path) -> None:
+    token = "t0ken-of-twenty-chars"
+    settings, _ = load(WebLike, environ={"FOOBAR_WEB_ADMIN_TOKEN": token})
+    assert settings.admin_secret() == token
+    file = tmp_path / "admin-token"
+    file.write_text(token + "\n")
+    settings, _ = load(WebLike, environ={}, flags={"admin_token_file": str(file)})
+    assert settings.admin_secret() == token
+    assert load(WebLike, environ={})[0].admin_secret() is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"admin_token_file": "/nonexistent/admin-token"}, "No such file"),
+        ({"admin_token": "short"}, "under 16 characters"),
+        ({"admin_token": "t0ken-of-twenty-chars", "admin_token_file": __file__}, "not both"),
+    ],
+)
+def test_bad_admin_token_is_one_clear_error_and_exit_2(
+    fields: dict[str, str],
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(WebLike, environ={}, flags=fields)
+    assert len(caught.value.problems) == 1 and problem in caught.value.problems[0][1]
+    # at start: the token itself only by environment (never on a command line)
+    for key, value in fields.items():
+        monkeypatch.setenv(f"FOOBAR_WEB_{key.upper()}", value)
+    with pytest.raises(SystemExit) as stopped:
+        from_command_line(WebLike, parser(), [])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and problem in err[0]

@@ -49,8 +49,18 @@ Work = Callable[[Any], Awaitable[T]]
 # (1290), too many connections (1040), shutting down (1053).
 UNAVAILABLE = frozenset({1040, 1053, 1290, 2003, 2006, 2013})
 
-# A GTID token from a client: MariaDB's domain-server-seq list or MySQL's uuid:ranges.
-GTID_PATTERN = re.compile(r"^[0-9A-Fa-f:,\-]{1,4096}$")
+# A GTID token from a client: MariaDB's domain-server-seq list (32, 32 and 64-bit
+# numbers) or MySQL's uuid:ranges set; anything else is ignored before it reaches SQL.
+MAX_GTID_TOKEN = 4096
+_MARIADB_GTID = r"\d{1,10}-\d{1,10}-\d{1,20}"
+_MYSQL_GTID = r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?::\d{1,20}(?:-\d{1,20})?)+"
+GTID_PATTERN = re.compile(
+    rf"^(?:{_MARIADB_GTID}(?:,{_MARIADB_GTID})*|{_MYSQL_GTID}(?:,{_MYSQL_GTID})*)$"
+)
+# What a server says about a GTID it cannot use (a number out of range, two positions in
+# one domain): the token is the client's mistake, the read goes to the primary.
+# MariaDB: could not parse (1941), conflict (1947); MySQL: malformed set (1772).
+BAD_GTID = frozenset({1772, 1941, 1947})
 
 
 class WorkRefused(Exception):
@@ -359,7 +369,10 @@ class Router:
                     return await self._run(replica, work), replica
                 reason = "gtid_timeout"
             except Exception as exc:
-                if not unavailable(exc):
+                # A replica that cannot run a read (down, or an error of its own: a table
+                # not there yet after a restart) is not the client's problem: reads are
+                # idempotent, the primary runs it again.
+                if not unavailable(exc) and not isinstance(exc, pymysql.err.MySQLError):
                     raise
                 log.info(
                     "event=replica_failed node=%s reason=%r action=primary",
@@ -376,12 +389,18 @@ class Router:
         timeout = self.settings.gtid_wait_timeout
 
         async def wait(cursor: Any) -> bool:
-            if replica.mariadb:
-                await cursor.execute("SELECT MASTER_GTID_WAIT(%s, %s) AS done", (gtid, timeout))
-                return bool((await cursor.fetchone())["done"] == 0)
-            await cursor.execute(
-                "SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s) AS done", (gtid, timeout)
+            statement = (
+                "SELECT MASTER_GTID_WAIT(%s, %s) AS done"
+                if replica.mariadb
+                else "SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s) AS done"
             )
+            try:
+                await cursor.execute(statement, (gtid, timeout))
+            except pymysql.err.MySQLError as exc:
+                if exc.args[:1] and exc.args[0] in BAD_GTID:
+                    log.info("event=gtid_refused node=%s reason=%r", replica.name, error_text(exc))
+                    return False
+                raise
             return bool((await cursor.fetchone())["done"] == 0)
 
         reached = await self._run(replica, wait)

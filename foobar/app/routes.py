@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from foobar.admin import PlainCounter
 from foobar.app import posts
-from foobar.app.dbrouter import GTID_PATTERN, DbNode, Router
+from foobar.app.dbrouter import GTID_PATTERN, MAX_GTID_TOKEN, DbNode, Router
 from foobar.app.errors import DatabaseUnavailable
 from foobar.app.models import NewPost
 from foobar.http import headers as hdrs
@@ -154,7 +154,7 @@ class App:
         if token is None:
             return None
         text = token.decode("latin-1")
-        return text if GTID_PATTERN.fullmatch(text) else None
+        return text if len(text) <= MAX_GTID_TOKEN and GTID_PATTERN.fullmatch(text) else None
 
     def gtid_headers(self, gtid: str | None) -> hdrs.Headers:
         if not gtid:

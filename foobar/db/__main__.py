@@ -4,13 +4,16 @@ serve    set up the cluster (managed: start the servers) and watch it until SIGT
 init     only prepare the data directories
 status   print the cluster's state (exit 1 when unhealthy)       --admin HOST:PORT
 promote  planned switchover to a replica                         --admin HOST:PORT [--to NAME]
+         [--admin-token-file PATH] (or FOOBAR_DB_ADMIN_TOKEN)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 
@@ -20,7 +23,13 @@ from foobar.db.errors import DbError
 from foobar.db.serve import run
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import Supervisor
-from foobar.settings import HostPort, from_command_line, new_parser, parse_host_port
+from foobar.settings import (
+    HostPort,
+    from_command_line,
+    new_parser,
+    parse_host_port,
+    read_token_file,
+)
 
 COMMANDS = ("serve", "init", "status", "promote")
 
@@ -61,10 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--admin", type=admin_address, required=True, metavar="HOST:PORT")
         if command == "promote":
             parser.add_argument("--to", help="the replica to promote (default: the first)")
+            parser.add_argument(
+                "--admin-token-file",
+                type=Path,
+                metavar="PATH",
+                help=f"the admin token (default: the environment's {cli.TOKEN_ENV})",
+            )
         options = parser.parse_args(rest)
         if command == "status":
             return uvloop.run(cli.status(options.admin))
-        return uvloop.run(cli.promote(options.admin, options.to))
+        token = os.environ.get(cli.TOKEN_ENV)
+        if options.admin_token_file is not None:
+            try:
+                token = read_token_file(options.admin_token_file)
+            except ValueError as exc:
+                parser.error(str(exc))
+        return uvloop.run(cli.promote(options.admin, options.to, token))
     settings = from_command_line(DbSettings, settings_parser(command), rest)
     logs.setup(settings.log_level)
     try:

@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from foobar.admin import admin_headers
 from foobar.errors import FoobarError
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.settings import HostPort
+
+# Where `promote` finds the admin token when --admin-token-file is not given (the same
+# name `serve` reads it from).
+TOKEN_ENV = "FOOBAR_DB_ADMIN_TOKEN"
 
 COLUMNS = (
     ("name", "name"),
@@ -26,11 +31,17 @@ COLUMNS = (
 
 
 async def call(
-    admin: HostPort, method: str, path: str, body: bytes | None = None, timeout: float = 10.0
+    admin: HostPort,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    timeout: float = 10.0,
+    token: str | None = None,
 ) -> tuple[int, Any]:
     pool = UpstreamPool(admin.host, admin.port, PoolConfig(read_timeout=timeout))
     try:
-        response = await pool.request(method, path.encode(), [(b"Host", str(admin).encode())], body)
+        headers = admin_headers(str(admin), token)
+        response = await pool.request(method, path.encode(), headers, body)
         data = await response.read()
     except FoobarError as exc:
         raise SystemExit(
@@ -76,10 +87,16 @@ async def status(admin: HostPort) -> int:
     return 0 if data["healthy"] else 1
 
 
-async def promote(admin: HostPort, target: str | None) -> int:
+async def promote(admin: HostPort, target: str | None, token: str | None) -> int:
     body = json.dumps({"to": target} if target else {}).encode()
     print(f"switching over through {admin} ...", flush=True)
-    code, data = await call(admin, "POST", "/promote", body, timeout=60.0)
+    code, data = await call(admin, "POST", "/promote", body, timeout=60.0, token=token)
+    if code == 401:
+        print(
+            f"error: {admin} wants its admin token: --admin-token-file PATH "
+            f"or {TOKEN_ENV} (`make up` keeps one in var/admin-token)"
+        )
+        return 1
     if code != 200 or not isinstance(data, dict):
         reason = data.get("error") if isinstance(data, dict) else data
         print(f"error: switchover refused ({code}): {reason}")

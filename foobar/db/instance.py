@@ -158,6 +158,7 @@ class ManagedInstance:
                 "--auth-root-authentication-method=socket",
                 f"--auth-root-socket-user={self.os_user}",
                 "--skip-test-db",
+                f"--tmpdir={self.directory}",
                 f"--user={self.os_user}",
                 f"--innodb-buffer-pool-size={self.buffer_pool}",
             ]
@@ -170,6 +171,7 @@ class ManagedInstance:
                 "--no-defaults",
                 "--initialize-insecure",
                 f"--datadir={self.datadir}",
+                f"--tmpdir={self.directory}",
                 f"--user={self.os_user}",
             ]
         log.info("event=initialize instance=%s datadir=%s", self.name, self.datadir)
@@ -194,6 +196,9 @@ class ManagedInstance:
             f"--socket={self.socket}",
             f"--pid-file={self.directory / 'mysqld.pid'}",
             f"--log-error={self.error_log}",
+            # temporary tables in the instance's own 0700 directory, not the shared /tmp
+            # (where another user can read them, or another server's clean-up remove them)
+            f"--tmpdir={self.directory}",
             f"--bind-address={spec.host}",
             f"--port={spec.port}",
             f"--server-id={spec.server_id}",

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from foobar.admin import Admin, json_response
+from foobar.admin import Admin, AdminGuard, json_response
 from foobar.db.errors import DbError
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import Supervisor
@@ -19,7 +19,7 @@ from foobar.process import until_stopped
 log = logging.getLogger("foobar.db")
 
 
-def admin_for(supervisor: Supervisor) -> Admin:
+def admin_for(supervisor: Supervisor, guard: AdminGuard) -> Admin:
     async def health() -> tuple[bool, str]:
         return supervisor.health()
 
@@ -39,13 +39,13 @@ def admin_for(supervisor: Supervisor) -> Admin:
             log.error("event=promote_failed reason=%r", str(exc))
             return json_response(409, {"error": str(exc)})
 
-    return Admin(health, status, supervisor.registry, {("POST", b"/promote"): promote})
+    return Admin(health, status, supervisor.registry, {("POST", b"/promote"): promote}, guard=guard)
 
 
 async def run(settings: DbSettings) -> int:
     supervisor = Supervisor(settings)
     await supervisor.start()
-    admin = admin_for(supervisor)
+    admin = admin_for(supervisor, AdminGuard(settings.admin_secret(), settings.admin_names))
     if settings.admin is not None:
         await admin.start(settings.admin)
     healthy, reason = supervisor.health()

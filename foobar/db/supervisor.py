@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from foobar.db.replication import (
     switchover,
 )
 from foobar.db.settings import DbSettings
+from foobar.files import private_directory, tighten, write_private
 
 log = logging.getLogger("foobar.db.supervisor")
 
@@ -47,9 +47,10 @@ BACKOFF_MAX = 30.0
 def load_secrets(settings: DbSettings) -> tuple[str, str]:
     """The app and replication passwords: from the settings when given, otherwise
     generated once and kept in <state_dir>/secrets.json, readable by its owner only."""
-    path = settings.state_dir / "secrets.json"
+    path = private_directory(settings.state_dir) / "secrets.json"
     stored: dict[str, str] = {}
     if path.exists():
+        tighten(path)
         stored = json.loads(path.read_text())
     changed = False
     for key in ("app_password", "replication_password"):
@@ -57,10 +58,7 @@ def load_secrets(settings: DbSettings) -> tuple[str, str]:
             stored[key] = secrets.token_urlsafe(24)
             changed = True
     if changed:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(stored, file)
+        write_private(path, json.dumps(stored))
     app = (
         settings.app_password.get_secret_value()
         if settings.app_password
@@ -160,7 +158,7 @@ class Supervisor:
         return primary
 
     def _save_topology(self) -> None:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.settings.state_dir)
         temporary = self._topology_file.with_suffix(".tmp")
         temporary.write_text(json.dumps({"primary": self.primary}))
         temporary.replace(self._topology_file)  # atomic: never a half-written file
@@ -178,7 +176,7 @@ class Supervisor:
         """Managed mode: find the server binary and check every data directory and port
         before anything starts (a bad one stops everything, not half of it)."""
         settings = self.settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(settings.state_dir)
         if settings.mode == "external":
             for name, spec in self.specs.items():
                 password = (

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from foobar.admin import Admin
+from foobar.admin import Admin, AdminGuard
 from foobar.errors import ConfigError
 from foobar.lb import certs, stats
 from foobar.lb.balancer import Balancer
@@ -60,6 +60,7 @@ class LoadBalancer:
             self.registry,
             stats.routes(self.balancer, workers, self.vrrp.describe if self.vrrp else None),
             functools.partial(stats.change_server, self.balancer, workers),
+            AdminGuard(settings.admin_secret(), settings.admin_names),
         )
 
     def cannot_serve(self) -> str | None:
@@ -108,6 +109,8 @@ class LoadBalancer:
         except OSError as exc:
             log.error("event=reload_failed reason=%r", str(exc))
             return False
+        # a new token (or token file's content) counts from the reload on
+        self.admin.guard = AdminGuard(settings.admin_secret(), settings.admin_names)
         return True
 
     async def stop(self) -> None:
@@ -148,7 +151,9 @@ async def run(settings: LbSettings, load: Callable[[], LbSettings], argv: Sequen
     index = worker_index()
     if index:  # a worker: its admin listener is the master's business, on loopback
         settings = settings.model_copy(update={"admin": HostPort("127.0.0.1", 0)})
-    workers = Workers(argv) if index == 0 and settings.workers > 1 else None
+    workers = (
+        Workers(argv, settings.admin_secret()) if index == 0 and settings.workers > 1 else None
+    )
     lb = LoadBalancer(settings, workers, speaks_vrrp=index == 0)
     await lb.start()
     if index:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from foobar.admin import admin_headers
 from foobar.errors import FoobarError
 from foobar.http.client import PoolConfig, UpstreamPool
 
@@ -40,21 +41,30 @@ def report_admin_port(port: int) -> None:
 
 
 class Worker:
-    def __init__(self, index: int, process: asyncio.subprocess.Process, admin_port: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        process: asyncio.subprocess.Process,
+        admin_port: int,
+        token: str | None,
+    ) -> None:
         self.index = index
         self.process = process
         self.pool = UpstreamPool("127.0.0.1", admin_port, PoolConfig(read_timeout=5.0))
+        # a change goes to the worker's listener as any other admin client sends it
+        self.headers = admin_headers(f"127.0.0.1:{admin_port}", token)
 
     async def call(self, method: str, path: str, body: bytes | None = None) -> Any:
-        response = await self.pool.request(method, path.encode(), [(b"Host", b"worker")], body)
+        response = await self.pool.request(method, path.encode(), self.headers, body)
         return json.loads(await response.read())
 
 
 class Workers:
     """The master's view of the other worker processes."""
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], token: str | None) -> None:
         self.argv = list(argv)
+        self.token = token
         self.workers: list[Worker] = []
 
     async def start(self, count: int) -> None:
@@ -71,7 +81,8 @@ class Workers:
             line = await asyncio.wait_for(process.stdout.readline(), 30)
             if not line.startswith(b"admin-port "):
                 raise FoobarError(f"worker {index} did not start (exit code {process.returncode})")
-            self.workers.append(Worker(index, process, int(line.split()[1])))
+            port = int(line.split()[1])
+            self.workers.append(Worker(index, process, port, self.token))
             log.info("event=worker_started index=%d pid=%d", index, process.pid)
 
     def signal(self, signum: int) -> None:

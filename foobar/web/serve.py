@@ -30,7 +30,10 @@ class WebServer:
         )
         self.sent = PlainCounter("foobar_web_sent_bytes", "body bytes sent", [], self.registry)
         self.static = StaticFiles(
-            settings.root, settings.cache_control, settings.open_file_cache_valid
+            settings.root,
+            settings.cache_control,
+            settings.open_file_cache_valid,
+            settings.add_headers,
         )
         self.proxy = UpstreamGroup(
             list(settings.upstreams),

@@ -15,6 +15,7 @@ import mimetypes
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -108,14 +109,42 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | bool | None:
     return start, min(end, size - 1)
 
 
+def by_prefix(
+    table: Mapping[str, Mapping[str, str]],
+) -> list[tuple[bytes, list[tuple[bytes, bytes]]]]:
+    """Per-path headers as (prefix, headers), longest prefix first: the first prefix a
+    path starts with is its only match, as an nginx location's `add_header` replaces
+    the ones it would inherit."""
+    return sorted(
+        (
+            (prefix.encode(), [(name.encode(), value.encode()) for name, value in fields.items()])
+            for prefix, fields in table.items()
+        ),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+
+
+def matching(table: list[tuple[bytes, list[tuple[bytes, bytes]]]], path: bytes) -> hdrs.Headers:
+    for prefix, fields in table:
+        if path.startswith(prefix):
+            return fields
+    return []
+
+
 class StaticFiles:
-    def __init__(self, root: Path, cache_control: dict[str, str], cache_valid: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cache_control: Mapping[str, str],
+        cache_valid: float,
+        add_headers: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.root = root.resolve()
-        self.cache_control = sorted(
-            ((prefix.encode(), value.encode()) for prefix, value in cache_control.items()),
-            key=lambda item: len(item[0]),
-            reverse=True,
+        self.cache_control = by_prefix(
+            {prefix: {"Cache-Control": value} for prefix, value in cache_control.items()}
         )
+        self.add_headers = by_prefix(add_headers or {})
         self.cache_valid = cache_valid
         # open_file_cache: path -> (expires, FileInfo | None, is_directory)
         self._cache: dict[str, tuple[float, FileInfo | None, bool]] = {}
@@ -232,10 +261,8 @@ class StaticFiles:
                 headers.append((b"Content-Encoding", b"gzip"))
         headers += [(b"ETag", chosen.etag), (b"Last-Modified", chosen.last_modified)]
         headers.append((b"Accept-Ranges", b"bytes"))
-        for prefix, value in self.cache_control:
-            if request.path.startswith(prefix):
-                headers.append((b"Cache-Control", value))
-                break
+        headers += matching(self.cache_control, request.path)
+        headers += matching(self.add_headers, request.path)
 
         precondition = self.preconditions(request, chosen)
         if precondition is not None:

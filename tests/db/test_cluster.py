@@ -12,11 +12,13 @@ import httpx
 import pymysql
 import pytest
 
+from foobar.admin import AdminGuard
 from foobar.db import cli
 from foobar.db.serve import admin_for
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import Supervisor
 from foobar.settings import HostPort
+from tests.conftest import until
 from tests.dbcluster import Cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,12 +88,11 @@ async def test_killed_replica_is_restarted_and_catches_up(db_cluster: Cluster) -
         "foobar_db_restarts_total", {"instance": replica}
     )
     assert restarts == 1
-    await asyncio.sleep(0.5)
-    assert db_cluster.supervisor.health()[0]
+    await until(lambda: db_cluster.supervisor.health()[0], what="the cluster healthy again")
 
 
 async def test_stopped_sql_thread_is_reported_within_one_interval(db_cluster: Cluster) -> None:
-    admin = admin_for(db_cluster.supervisor)
+    admin = admin_for(db_cluster.supervisor, AdminGuard(None))
     await admin.start(HostPort("127.0.0.1", 0))
     host, port = admin.server.address
     replica = db_cluster.admin(db_cluster.replica.name)
@@ -152,7 +153,7 @@ async def test_promote_under_writes_loses_and_duplicates_nothing(db_cluster: Clu
             connection.close()
 
     task = asyncio.create_task(writer())
-    await asyncio.sleep(0.3)
+    await until(lambda: acknowledged >= 10, what="writes flowing before the switch")
     result = await supervisor.promote()
     switched.set()
     await asyncio.wait_for(task, 60)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from foobar.db.cli import TOKEN_ENV
 from foobar.db.dialect import MARIADB, MYSQL
 from tests.dbcluster import free_port
 
@@ -18,13 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
 
 
-async def command(*args: str) -> tuple[int, str]:
+async def command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "foobar.db",
         *args,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -35,6 +37,8 @@ async def command(*args: str) -> tuple[int, str]:
 
 async def test_serve_status_promote_and_clean_stop(tmp_path: Path) -> None:
     admin = f"127.0.0.1:{free_port()}"
+    token_file = tmp_path.parent / f"{tmp_path.name}-token"
+    token_file.write_text("promote-token-0123456789\n")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -48,6 +52,8 @@ async def test_serve_status_promote_and_clean_stop(tmp_path: Path) -> None:
         str(free_port()),
         "--admin",
         admin,
+        "--admin-token-file",
+        str(token_file),
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -63,11 +69,22 @@ async def test_serve_status_promote_and_clean_stop(tmp_path: Path) -> None:
         assert "healthy: primary primary, 1 replica(s) replicating" in out
 
         code, out = await command("promote", "--admin", admin)
+        assert code == 1 and "wants its admin token" in out, out
+        code, out = await command(
+            "promote", "--admin", admin, "--admin-token-file", str(token_file)
+        )
         assert code == 0, out
         assert "replica is now the primary, primary replicates from it" in out
         code, out = await command("status", "--admin", admin)
         assert "healthy: primary replica" in out
-        code, out = await command("promote", "--admin", admin, "--to", "replica")
+        code, out = await command(
+            "promote",
+            "--admin",
+            admin,
+            "--to",
+            "replica",
+            env={TOKEN_ENV: "promote-token-0123456789"},
+        )
         assert code == 1 and "replica is already the primary" in out
         pids = [int(path.read_text()) for path in tmp_path.glob("*/mysqld.pid")]
         assert len(pids) == 2

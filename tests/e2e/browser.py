@@ -26,6 +26,27 @@ def main(url: str, screenshot: str) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
         page = browser.new_page(ignore_https_errors=True, viewport={"width": 1100, "height": 900})
+        # what the page's Content-Security-Policy blocked, or any other script error; a
+        # failed load is reported by its address instead (the browser asks for a favicon
+        # the site does not have)
+        errors: list[str] = []
+        page.on(
+            "console",
+            lambda message: (
+                message.type == "error"
+                and not message.text.startswith("Failed to load resource")
+                and errors.append(message.text)
+            ),
+        )
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on(
+            "response",
+            lambda response: (
+                response.status >= 400
+                and not response.url.endswith("/favicon.ico")
+                and errors.append(f"{response.status} {response.url}")
+            ),
+        )
         page.goto(url)
         page.fill("input[name=author]", "Grace")
         page.fill("input[name=title]", "Hello from a real browser")
@@ -36,7 +57,8 @@ def main(url: str, screenshot: str) -> None:
             "#served tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
         )
         page.screenshot(path=screenshot, full_page=True)
-        print(json.dumps({"title": page.title(), "url": page.url, "served": rows}))
+        result = {"title": page.title(), "url": page.url, "served": rows, "errors": errors}
+        print(json.dumps(result))
         browser.close()
 
 

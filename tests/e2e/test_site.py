@@ -86,6 +86,8 @@ async def test_three_servers(network: Network, tmp_path: Path) -> None:
     page = await net.probe("client", "get", f"{WWW}/", ca)
     assert page["status"] == 200 and '<form id="compose">' in page["body"]
     assert page["headers"]["strict-transport-security"] == "max-age=31536000"
+    assert "frame-ancestors 'none'" in page["headers"]["content-security-policy"]
+    assert page["headers"]["x-content-type-options"] == "nosniff"
     for asset in ("/app.js", "/style.css"):
         assert (await net.probe("client", "get", f"{WWW}{asset}", ca))["status"] == 200
 
@@ -132,7 +134,9 @@ async def test_three_servers(network: Network, tmp_path: Path) -> None:
     assert seen["title"].startswith("foobar")
     served = {row[0]: row for row in seen["served"]}
     row = next(row for label, row in served.items() if label.startswith("GET /api/posts/"))
-    assert row[1:5] == ["lb1", "web1", "app1", row[4]] and row[4] in ("primary", "replica")
+    assert row[1:4] == ["lb1", "web1", "app1"] and row[4] in ("primary", "replica")
+    assert row[5] == "200"
+    assert seen["errors"] == []  # the Content-Security-Policy blocked nothing the page needs
     assert screenshot.stat().st_size > 10_000
 
 

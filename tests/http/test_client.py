@@ -82,16 +82,30 @@ async def test_bodies_both_framings_and_head(upstream: Server, pools: list[Upstr
 
 
 async def test_concurrent_requests_use_separate_connections(
-    upstream: Server, pools: list[UpstreamPool]
+    servers: list[Server], pools: list[UpstreamPool]
 ) -> None:
-    pool = pool_for(pools, upstream.address[1])
+    """The upstream answers none of the five until all five are in: requests queued on
+    one connection would never all arrive (and time out)."""
+    arrived: list[tuple[str, int]] = []
+    all_in = asyncio.Event()
+
+    async def together(request: Request) -> Response:
+        arrived.append(request.client)
+        if len(arrived) == 5:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 5)
+        return Response(200, [], request.target)
+
+    server = await start_server(together)
+    servers.append(server)
+    pool = pool_for(pools, server.address[1])
 
     async def get(n: int) -> bytes:
         return await (await pool.request("GET", b"/%d" % n, HOST)).read()
 
-    assert await asyncio.gather(*(get(n) for n in range(5))) == [b"/%d|" % n for n in range(5)]
-    assert pool.connections_made <= 5
-    assert pool.idle_count == pool.connections_made
+    assert await asyncio.gather(*(get(n) for n in range(5))) == [b"/%d" % n for n in range(5)]
+    assert len(set(arrived)) == 5  # five client ports: five connections
+    assert pool.connections_made == 5 and pool.idle_count == 5
 
 
 async def test_idle_cap_and_idle_timeout(upstream: Server, pools: list[UpstreamPool]) -> None:

@@ -2,60 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import RawClient, peak_rss_mib
+from tests.http.streaming_server import streaming_upstream, streams_with_flat_memory
 
 SIZE = 100 * 1024 * 1024
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def streaming_server() -> AsyncIterator[tuple[int, int]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.http.streaming_server",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    port = int(await asyncio.wait_for(process.stdout.readline(), 10))
-    yield process.pid, port
-    process.terminate()
-    await process.wait()
 
 
 @pytest.mark.timeout(60)
-async def test_100_mb_up_and_down_with_flat_memory(streaming_server: tuple[int, int]) -> None:
-    pid, port = streaming_server
-    client = await RawClient.connect(("127.0.0.1", port))
-    await client.send(b"GET /warmup?1024 HTTP/1.1\r\nHost: a\r\n\r\n")
-    await client.response()
-    baseline = peak_rss_mib(pid)
-
-    await client.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-    piece = b"y" * 262144
-    for _ in range(SIZE // len(piece)):
-        await client.send(b"%x\r\n%b\r\n" % (len(piece), piece))
-    await client.send(b"0\r\n\r\n")
-    status, _, body = await client.response(timeout=30)
-    assert (status, int(body)) == (200, SIZE)
-
-    await client.send(b"GET /download?%d HTTP/1.1\r\nHost: a\r\n\r\n" % SIZE)
-    head = await client.reader.readuntil(b"\r\n\r\n")
-    assert b"Content-Length: %d" % SIZE in head
-    received = 0
-    while received < SIZE:
-        chunk = await asyncio.wait_for(client.reader.read(1 << 20), 10)
-        assert chunk
-        received += len(chunk)
-    assert received == SIZE
-    growth = peak_rss_mib(pid) - baseline
-    # 200 MB moved; buffers are 64 KiB high-water marks plus one read of 256 KiB
-    assert growth < 20, f"peak RSS grew by {growth:.1f} MiB"
+async def test_100_mb_up_and_down_with_flat_memory() -> None:
+    async with streaming_upstream() as (pid, port):
+        await streams_with_flat_memory(pid, port, SIZE, chunked=True)

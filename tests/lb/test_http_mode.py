@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from foobar.http.server import Request, Response, Server
-from tests.conftest import RawClient, start_server
+from foobar.lb.settings import LbSettings
+from tests.conftest import RawClient, start_server, until
 from tests.lb.conftest import StartLb, address_of, url_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,7 +126,8 @@ async def test_maxconn_queue_and_timeout_queue(start_lb: StartLb, backends) -> N
         httpx.AsyncClient(base_url=url_of(lb), timeout=10) as two,
     ):
         first = asyncio.create_task(one.get("/?delay=1.0"))
-        await asyncio.sleep(0.1)
+        server = lb.balancer.backends["web"].server("s")
+        await until(lambda: server is not None and server.active == 1, what="the slot taken")
         started = time.monotonic()
         queued = await two.get("/")
         waited = time.monotonic() - started
@@ -137,7 +139,8 @@ async def test_maxconn_queue_and_timeout_queue(start_lb: StartLb, backends) -> N
         httpx.AsyncClient(base_url=url_of(lb2), timeout=10) as two,
     ):
         first = asyncio.create_task(one.get("/?delay=0.3"))
-        await asyncio.sleep(0.1)
+        server = lb2.balancer.backends["web"].server("s")
+        await until(lambda: server is not None and server.active == 1, what="the slot taken")
         second = await two.get("/")  # waits for the slot, then is served
         assert second.status_code == 200 and (await first).status_code == 200
         assert lb2.balancer.backends["web"].queued_max == 1
@@ -216,11 +219,13 @@ async def test_cookie_stickiness(start_lb: StartLb, backends) -> None:  # type: 
 async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
     started = [await backends(name) for name in ("a", "b")]
     fields = lb_fields(*(f"{b.name}={b.address}" for b in started))
-    lb = await start_lb(admin="127.0.0.1:0", **fields)
+    token = "stats-admin-token-0123456789"
+    lb = await start_lb(admin="127.0.0.1:0", admin_token=token, **fields)
     admin = f"http://127.0.0.1:{lb.admin.server.address[1]}"
+    authorized = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with (
         httpx.AsyncClient(base_url=url_of(lb)) as client,
-        httpx.AsyncClient(base_url=admin) as ops,
+        httpx.AsyncClient(base_url=admin, headers=authorized) as ops,
     ):
         for _ in range(4):
             await client.get("/")
@@ -237,8 +242,31 @@ async def test_stats_pages_and_admin_actions(start_lb: StartLb, backends) -> Non
         assert picks == {"a": 6, "b": 2}
         assert (await ops.post("/servers/web/zzz", content=b"{}")).status_code == 404
         assert (await ops.post("/servers/web/a", content=b'{"state": "off"}')).status_code == 400
+        # a browser page's plain POST, or one without the token, changes nothing
+        maint = json.dumps({"state": "maint"})
+        as_form = {"Content-Type": "text/plain"}
+        assert (await ops.post("/servers/web/a", content=maint, headers=as_form)).status_code == 415
+        anonymous = await ops.post("/servers/web/a", content=maint, headers={"Authorization": ""})
+        assert anonymous.status_code == 401
+        assert (await ops.get("/stats.json")).json()["backends"][0]["servers"][0][
+            "state"
+        ] == "ready"
         metrics = (await ops.get("/metrics")).text
         assert 'foobar_lb_server_weight{backend="web",server="a"} 3.0' in metrics
+
+
+async def test_a_reload_brings_the_new_admin_token(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = await backends("a")
+    fields = {"admin": "127.0.0.1:0", **lb_fields(f"a={backend.address}", check=None)}
+    old, new = "old-admin-token-0123456789", "new-admin-token-0123456789"
+    lb = await start_lb(admin_token=old, **fields)
+    reloaded = LbSettings.model_validate({"name": "lb1", "admin_token": new, **fields})
+    assert await lb.reload(lambda: reloaded)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{lb.admin.server.address[1]}") as ops:
+        for token, status in ((old, 401), (new, 200)):
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            answer = await ops.post("/servers/web/a", content=b'{"weight": 2}', headers=headers)
+            assert answer.status_code == status, token
 
 
 async def test_drain_takes_no_new_visitors_but_keeps_sticky_ones(

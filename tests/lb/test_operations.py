@@ -13,6 +13,8 @@ import httpx
 import pytest
 import trustme
 
+from foobar.lb.settings import LbSettings
+from foobar.settings import load
 from tests.conftest import RawClient
 from tests.dbcluster import free_port
 from tests.lb.conftest import ROOT, StartLb, url_of
@@ -157,3 +159,88 @@ async def test_https_and_the_redirecting_http_listener(
     )
     assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
     writer.close()
+
+
+async def tls_frontend(  # type: ignore[no-untyped-def]
+    start_lb: StartLb, backends, certificates: tuple[Path, Path, Path]
+) -> int:
+    backend = await backends("a")
+    cert, key, _ = certificates
+    port = free_port()
+    await start_lb(
+        frontends=[
+            {
+                "name": "https",
+                "bind": f"127.0.0.1:{port}",
+                "backend": "web",
+                "tls_cert": str(cert),
+                "tls_key": str(key),
+            }
+        ],
+        backends=[{"name": "web", "servers": [f"a={backend.address}"], "check": None}],
+    )
+    return port
+
+
+def client_context(
+    version: ssl.TLSVersion, ciphers: str, minimum: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
+    """A client offering exactly `ciphers` at `version` (OpenSSL 3 refuses TLS 1.1 and
+    SHA-1 itself at its default security level, hence level 0: the server must say no)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = minimum or version
+    context.maximum_version = version
+    context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    return context
+
+
+async def handshake(port: int, context: ssl.SSLContext) -> tuple[str, str]:
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return ssl_object.version(), ssl_object.cipher()[0]
+    finally:
+        writer.close()
+
+
+CBC_ONLY = (
+    "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:"
+    "ECDHE-RSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:AES128-SHA256:"
+    "AES128-SHA:AES256-SHA"
+)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+async def test_tls_follows_mozillas_intermediate_profile(
+    start_lb: StartLb,
+    backends,
+    certificates: tuple[Path, Path, Path],  # type: ignore[no-untyped-def]
+) -> None:
+    port = await tls_frontend(start_lb, backends, certificates)
+    tls10 = ssl.TLSVersion.TLSv1
+    for refused in (
+        client_context(ssl.TLSVersion.TLSv1_1, "ALL", minimum=tls10),  # TLS 1.1 and below
+        client_context(ssl.TLSVersion.TLSv1_2, CBC_ONLY),  # TLS 1.2, CBC suites only
+        client_context(ssl.TLSVersion.TLSv1_2, "DHE-RSA-AES128-GCM-SHA256:AES128-GCM-SHA256"),
+    ):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await handshake(port, refused)
+    for cipher in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        offer = f"{cipher}:ECDHE-RSA-{cipher.removeprefix('ECDHE-ECDSA-')}"
+        version, chosen = await handshake(port, client_context(ssl.TLSVersion.TLSv1_2, offer))
+        assert version == "TLSv1.2" and chosen in offer.split(":")
+    # the client's preference is taken: ChaCha20 first (a client without AES in hardware)
+    both = (
+        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+    )
+    _, chosen = await handshake(port, client_context(ssl.TLSVersion.TLSv1_2, both))
+    assert "CHACHA20" in chosen
+
+
+def test_deploy_sends_hsts_for_a_year() -> None:
+    settings, _ = load(LbSettings, ROOT / "deploy" / "server1" / "lb.toml")
+    https = [frontend for frontend in settings.frontends if frontend.tls_cert is not None]
+    assert https and all(frontend.hsts_max_age == 31536000 for frontend in https)

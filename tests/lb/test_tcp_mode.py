@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from foobar.http import proxy_protocol
 from foobar.http.server import Request, Response, Server
-from tests.conftest import peak_rss_mib, start_server, wait_listening
+from tests.conftest import foobar_process, peak_rss_mib, start_server, wait_listening
 from tests.dbcluster import free_port
-from tests.lb.conftest import ROOT, StartLb, url_of
+from tests.lb.conftest import StartLb, url_of
 
 pytestmark = pytest.mark.timeout(90)
 SIZE = 100 * 1024 * 1024
@@ -37,42 +37,36 @@ async def test_100_mb_both_ways_half_closed_with_flat_memory() -> None:
     server = await asyncio.start_server(backend, "127.0.0.1", 0)
     backend_port = server.sockets[0].getsockname()[1]
     port = free_port()
-    lb = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "foobar.lb",
-        "--mode",
-        "tcp",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--backend",
-        f"127.0.0.1:{backend_port}",
-        cwd=ROOT,
-        env={**os.environ, "FOOBAR_LB_ACCESS_LOG": "false"},
-    )
-    try:
-        async with server:
-            await wait_listening(port)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"warm")
+    async with (
+        server,
+        foobar_process(
+            "foobar.lb",
+            "--mode",
+            "tcp",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--backend",
+            f"127.0.0.1:{backend_port}",
+        ) as lb,
+    ):
+        await wait_listening(port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"warm")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        baseline = peak_rss_mib(lb.pid)
+        for _ in range(SIZE // len(PIECE)):
+            writer.write(PIECE)
             await writer.drain()
-            await asyncio.sleep(0.2)
-            baseline = peak_rss_mib(lb.pid)
-            for _ in range(SIZE // len(PIECE)):
-                writer.write(PIECE)
-                await writer.drain()
-            writer.write_eof()  # half-close: our direction ends, theirs goes on
-            received = 0
-            while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
-                received += len(chunk)
-            writer.close()
-            assert received_by_backend == SIZE + 4
-            assert received == SIZE
-            growth = peak_rss_mib(lb.pid) - baseline
-            assert growth < 20, f"the balancer's peak RSS grew by {growth:.1f} MiB"
-    finally:
-        lb.terminate()
-        await lb.wait()
+        writer.write_eof()  # half-close: our direction ends, theirs goes on
+        received = 0
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            received += len(chunk)
+        writer.close()
+        assert received_by_backend == SIZE + 4
+        assert received == SIZE
+        growth = peak_rss_mib(lb.pid) - baseline
+        assert growth < 20, f"the balancer's peak RSS grew by {growth:.1f} MiB"
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -150,16 +144,23 @@ async def test_accept_proxy_takes_the_client_from_the_preamble(
 
 async def test_tcp_accept_proxy_picks_by_the_real_client(start_lb: StartLb) -> None:
     """accept-proxy on a tcp listener: the preamble is read, not passed on, and `source`
-    hashing keys on the address it carries."""
-    received: list[bytes] = []
+    hashing keys on the address it carries: every connection really comes from
+    127.0.0.1, so only the preamble's address can spread eight clients over four
+    servers and keep each client on its own."""
+    received: list[tuple[str, bytes]] = []
 
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received.append(await reader.read(1024))
-        writer.close()
+    def backend_named(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received.append((name, await reader.read(1024)))
+            writer.write(name.encode())
+            await writer.drain()
+            writer.close()
 
-    server = await asyncio.start_server(backend, "127.0.0.1", 0)
-    async with server:
-        backend_port = server.sockets[0].getsockname()[1]
+        return backend
+
+    names = ["s1", "s2", "s3", "s4"]
+    started = [await asyncio.start_server(backend_named(name), "127.0.0.1", 0) for name in names]
+    try:
         lb = await start_lb(
             frontends=[
                 {
@@ -175,20 +176,39 @@ async def test_tcp_accept_proxy_picks_by_the_real_client(start_lb: StartLb) -> N
                     "name": "db",
                     "check": None,
                     "algorithm": "source",
-                    "servers": [f"s=127.0.0.1:{backend_port}"],
+                    "servers": [
+                        f"{name}=127.0.0.1:{server.sockets[0].getsockname()[1]}"
+                        for name, server in zip(names, started, strict=True)
+                    ],
                 }
             ],
         )
         tcp = lb.balancer.listeners["tcp"].tcp
         assert tcp is not None and tcp.listener is not None
         port = tcp.listener.address[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        preamble = proxy_protocol.build(1, ("198.51.100.7", 40000), ("192.0.2.1", 5432))
-        writer.write(preamble[:10])  # across two reads
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(preamble[10:] + b"payload")
-        await writer.drain()
-        await asyncio.wait_for(reader.read(), 5)
-        writer.close()
-    assert received == [b"payload"]
+
+        async def connect_as(client_ip: str, split: bool) -> str:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            preamble = proxy_protocol.build(1, (client_ip, 40000), ("192.0.2.1", 5432))
+            if split:  # the preamble across two reads
+                writer.write(preamble[:10])
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(preamble[10:] + b"payload")
+            else:
+                writer.write(preamble + b"payload")
+            await writer.drain()
+            served_by = (await asyncio.wait_for(reader.read(), 5)).decode()
+            writer.close()
+            return served_by
+
+        clients = [f"198.51.100.{n}" for n in range(1, 9)]
+        first = {ip: await connect_as(ip, split=ip == clients[0]) for ip in clients}
+        again = {ip: await connect_as(ip, split=False) for ip in reversed(clients)}
+    finally:
+        for server in started:
+            server.close()
+    assert again == first  # each client stays on its server
+    assert len(set(first.values())) > 1, first  # and the clients spread
+    assert all(data == b"payload" for _, data in received)  # the preamble was not passed on
+    assert len(received) == 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,11 +13,12 @@ import httpx
 import pytest
 
 from foobar.http.server import Request, Response, Server
-from tests.conftest import start_server
+from tests.conftest import start_server, until
 from tests.dbcluster import free_port
 from tests.lb.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)
+TOKEN = "workers-admin-token-0123456789"
 
 
 async def test_two_workers_share_the_port_and_the_stats(servers: list[Server]) -> None:
@@ -39,6 +41,7 @@ async def test_two_workers_share_the_port_and_the_stats(servers: list[Server]) -
         "--admin",
         f"127.0.0.1:{admin}",
         cwd=ROOT,
+        env={**os.environ, "FOOBAR_LB_ADMIN_TOKEN": TOKEN},  # the workers inherit it
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -55,7 +58,11 @@ async def test_two_workers_share_the_port_and_the_stats(servers: list[Server]) -
             assert sum(served) == 40 and min(served) > 0, served
             page = (await ops.get("/stats")).text
             assert "2 worker(s)" in page and all(f"pid {w['pid']}" in page for w in workers)
-            await ops.post("/servers/default/a", content=json.dumps({"state": "drain"}))
+            drain = json.dumps({"state": "drain"})
+            assert (await ops.post("/servers/default/a", content=drain)).status_code == 401
+            authorized = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            changed = await ops.post("/servers/default/a", content=drain, headers=authorized)
+            assert changed.status_code == 200
             states = [
                 w["backends"][0]["servers"][0]["state"]
                 for w in (await ops.get("/stats.json")).json()["workers"]
@@ -65,5 +72,4 @@ async def test_two_workers_share_the_port_and_the_stats(servers: list[Server]) -
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
-    await asyncio.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    await until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), what="workers gone")

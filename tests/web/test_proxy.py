@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,8 +11,9 @@ import pytest
 
 from foobar.http.server import Request, Response, Server
 from foobar.web.serve import WebServer
-from tests.conftest import RawClient, peak_rss_mib, start_server, wait_listening
+from tests.conftest import RawClient, foobar_process, start_server, wait_listening
 from tests.dbcluster import free_port
+from tests.http.streaming_server import streaming_upstream, streams_with_flat_memory
 from tests.web.conftest import StartWeb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,59 +183,22 @@ async def test_hop_by_hop_response_headers_dropped_and_framing_rebuilt(
 
 @pytest.mark.timeout(90)
 async def test_100_mb_up_and_down_through_the_proxy_with_flat_memory(tmp_path: Path) -> None:
-    upstream = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.http.streaming_server",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert upstream.stdout is not None
-    upstream_port = int(await asyncio.wait_for(upstream.stdout.readline(), 10))
     port = free_port()
-    web = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "foobar.web",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--upstream",
-        f"127.0.0.1:{upstream_port}",
-        "--root",
-        str(tmp_path),
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "FOOBAR_WEB_CLIENT_MAX_BODY_SIZE": str(1 << 30),
-            "FOOBAR_WEB_PROXY_PREFIXES": '["/"]',
-            "FOOBAR_WEB_ACCESS_LOG": "false",
-        },
-    )
-    try:
+    async with (
+        streaming_upstream() as (_, upstream_port),
+        foobar_process(
+            "foobar.web",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"127.0.0.1:{upstream_port}",
+            "--root",
+            str(tmp_path),
+            env={
+                "FOOBAR_WEB_CLIENT_MAX_BODY_SIZE": str(1 << 30),
+                "FOOBAR_WEB_PROXY_PREFIXES": '["/"]',
+            },
+        ) as web,
+    ):
         await wait_listening(port)
-        client = await RawClient.connect(("127.0.0.1", port))
-        await client.send(b"GET /warmup?1024 HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert (await client.response())[0] == 200
-        baseline = peak_rss_mib(web.pid)
-
-        await client.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % SIZE)
-        piece = b"u" * 262144
-        for _ in range(SIZE // len(piece)):
-            await client.send(piece)
-        status, _, body = await client.response(timeout=60)
-        assert (status, int(body)) == (200, SIZE)
-
-        await client.send(b"GET /download?%d HTTP/1.1\r\nHost: a\r\n\r\n" % SIZE)
-        head = await client.reader.readuntil(b"\r\n\r\n")
-        assert b"200 OK" in head and b"Content-Length: %d" % SIZE in head
-        received = 0
-        while received < SIZE:
-            chunk = await asyncio.wait_for(client.reader.read(1 << 20), 10)
-            assert chunk
-            received += len(chunk)
-        growth = peak_rss_mib(web.pid) - baseline
-        assert growth < 20, f"the proxy's peak RSS grew by {growth:.1f} MiB moving 200 MB"
-    finally:
-        for process in (web, upstream):
-            process.terminate()
-            await process.wait()
+        await streams_with_flat_memory(web.pid, port, SIZE)

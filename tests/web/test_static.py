@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from foobar.web.serve import WebServer
+from foobar.web.settings import WebSettings
 from tests.conftest import RawClient
 from tests.web.conftest import StartWeb
 
@@ -168,3 +169,43 @@ async def test_nothing_outside_the_root(start_web: StartWeb, site: Path) -> None
         assert await raw_status(server, target) == expected, target
     # a symlink inside the root to a file inside it is served
     assert await raw_status(server, b"/inside") == 200
+
+
+async def test_security_headers_on_the_sites_pages(start_web: StartWeb) -> None:
+    server = await start_web()  # the package's own site, default settings
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        for path in ("/", "/app.js", "/style.css"):
+            response = await client.get(path)
+            assert response.status_code == 200, path
+            policy = response.headers["content-security-policy"]
+            directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+            assert directives["default-src"] == "'self'"
+            assert directives["script-src"] == "'self'"  # no 'unsafe-inline'
+            assert directives["frame-ancestors"] == "'none'"
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
+        # a cached copy revalidated keeps them (nginx adds them to 304s as well)
+        etag = (await client.get("/")).headers["etag"]
+        again = await client.get("/", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and "content-security-policy" in again.headers
+
+
+async def test_add_headers_by_path_prefix_longest_wins(start_web: StartWeb, site: Path) -> None:
+    server = await start_web(
+        root=site,
+        add_headers={"/": {"X-Frame-Options": "DENY"}, "/assets/": {"X-Asset": "yes"}},
+    )
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        home = await client.get("/")
+        assert home.headers["x-frame-options"] == "DENY" and "x-asset" not in home.headers
+        logo = await client.get("/assets/logo.svg")
+        assert logo.headers["x-asset"] == "yes" and "x-frame-options" not in logo.headers
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"Bad Name": "x"}, {"X-Split": "a\r\nSet-Cookie: b"}, {"X-Nul": "a\x00"}],
+)
+def test_add_headers_refuses_what_would_split_a_header(fields: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="add_headers"):
+        WebSettings.model_validate({"add_headers": {"/": fields}})
