@@ -3,7 +3,8 @@
     python -m tests.e2e.probe get URL [CA]              one request; prints JSON
     python -m tests.e2e.probe post URL JSON [CA]        a POST, then a GET of what it made,
                                                         with the GTID cookie it set
-    python -m tests.e2e.probe post-json URL JSON        one POST (an admin API call); prints JSON
+    python -m tests.e2e.probe post-json URL JSON [TOKEN]   one POST (an admin API call, with
+                                                        the admin token); prints JSON
     python -m tests.e2e.probe connect HOST PORT         prints open, refused or timeout
     python -m tests.e2e.probe loop URL SECONDS [CA]     GETs until SECONDS pass (at most
                                                         5000); prints failures and which
@@ -34,6 +35,7 @@ def request(
     body: bytes | None = None,
     cookie: str | None = None,
     timeout: float = 10,
+    token: str | None = None,
 ) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme == "https":
@@ -48,6 +50,8 @@ def request(
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if cookie:
         headers["Cookie"] = cookie
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     connection.request(method, target or "/", body=body, headers=headers)
     response = connection.getresponse()
@@ -123,7 +127,8 @@ def main(argv: list[str]) -> None:
         read = request("GET", argv[1].split("/api/")[0] + location, ca, cookie=cookie)
         result = {"created": created, "read": read}
     elif command == "post-json":
-        result = request("POST", argv[1], None, argv[2].encode())
+        token = argv[3] if len(argv) > 3 else None
+        result = request("POST", argv[1], None, argv[2].encode(), token=token)
     elif command == "connect":
         result = connect(argv[1], int(argv[2]))
     elif command == "loop":

@@ -39,6 +39,7 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
+ADMIN_TOKEN = "vrrp-test-admin-token-0123456789"  # admin changes need one (issue 16)
 LB = {"server1": "10.0.0.1", "server1b": "10.0.0.5"}
 NAMES = {"server1": "lb1", "server1b": "lb2"}
 WEB, CLIENT = "10.0.0.2", "10.0.0.9"
@@ -67,6 +68,7 @@ class Pair:
             "foobar.lb",
             "--config",
             str(self.configs[host]),
+            env={"FOOBAR_LB_ADMIN_TOKEN": ADMIN_TOKEN},
             log=self.tmp / "logs" / f"{host}.log",
         )
 
@@ -333,6 +335,7 @@ async def test_active_passive_fast_adverts(network: Network, tmp_path: Path) -> 
         "post-json",
         f"http://{LB['server1']}:9100/servers/web/web1",
         '{"state": "maint"}',
+        ADMIN_TOKEN,
     )
     assert changed["status"] == 200
     row = await pair.until_state("server1", "init", seconds=5)
@@ -345,6 +348,7 @@ async def test_active_passive_fast_adverts(network: Network, tmp_path: Path) -> 
         "post-json",
         f"http://{LB['server1']}:9100/servers/web/web1",
         '{"state": "ready"}',
+        ADMIN_TOKEN,
     )
     await pair.until_state("server1", "master", seconds=5)  # preempts again
 
