@@ -11,7 +11,7 @@ TEST_PACKAGES := $(SITE_PACKAGES) ip:iproute2 nft:nftables chromium:chromium \
 	haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl keepalived:keepalived \
 	$(MONITORING_PACKAGES)
 
-.PHONY: up test lint typecheck pytest loadtest bench clean
+.PHONY: up test lint typecheck pytest loadtest bench instructions clean
 
 # locust against a running `make up` (USERS, DURATION, HOST to change); exits 1 on any failure
 USERS ?= 20
@@ -29,6 +29,12 @@ BENCH_PACKAGES := haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:cu
 bench: $(BIN)/.installed
 	@scripts/system-packages $(SITE_PACKAGES) $(BENCH_PACKAGES)
 	$(BIN)/python -m loadtests.bench.run
+
+# user-space instructions per proxied request under callgrind: foobar.lb, foobar.web, the
+# floor; the same count on a busy or a quiet machine (loadtests/bench/instructions.py)
+instructions: $(BIN)/.installed
+	@scripts/system-packages $(SITE_PACKAGES) nginx:nginx valgrind:valgrind
+	$(BIN)/python -m loadtests.bench.instructions lb web floor
 
 # the whole site on this machine: https://localhost:8443/ (Ctrl-C stops it);
 # `make up UP_FLAGS=--monitoring` adds Prometheus and Alertmanager

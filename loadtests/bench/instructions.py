@@ -1,0 +1,106 @@
+"""User-space instructions per proxied request, counted by valgrind's callgrind: the one
+measure of the request path that does not move with the machine (another process on the
+other core, a slower CPU model, cheaper system calls), so a change can be judged in
+minutes on a busy machine and compared across sessions. It counts what the process runs,
+not the kernel's share (the same read and write calls for foobar and the floor).
+
+    python -m loadtests.bench.instructions lb web floor      # N=2000 requests each
+
+Each server runs under callgrind behind two nginx backends answering "ok"; 200 requests
+warm the pools, the counters are zeroed, N requests go over 10 keep-alive connections,
+and the counters are dumped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from loadtests.bench import peers
+from loadtests.bench.run import ROOT, free_port, wait_port
+
+REQUESTS = int(os.environ.get("N", "2000"))
+CONNECTIONS = 10
+
+
+def command(server: str, port: int, backends: list[int], root: Path) -> list[str]:
+    python = [sys.executable, "-m"]
+    upstreams = [f"127.0.0.1:{backend}" for backend in backends]
+    if server == "lb":
+        arguments = ["--mode", "http", "--bind", f"127.0.0.1:{port}"]
+        return [*python, "foobar.lb", *arguments, *(f"--backend={a}" for a in upstreams)]
+    if server == "web":
+        arguments = ["--bind", f"127.0.0.1:{port}", "--root", str(root)]
+        return [*python, "foobar.web", *arguments, "--upstream", upstreams[0]]
+    if server == "floor":
+        return [*python, "loadtests.bench.floor", f"127.0.0.1:{port}", *upstreams]
+    raise SystemExit(f"unknown server {server}: lb, web or floor")
+
+
+async def client(port: int, path: bytes, count: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, port)
+    for _ in range(count):
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        await reader.readexactly(int(found[1]) if found else 0)
+    writer.close()
+
+
+async def load(port: int, path: bytes, count: int) -> None:
+    await asyncio.gather(*(client(port, path, count // CONNECTIONS) for _ in range(CONNECTIONS)))
+
+
+def measure(server: str, folder: Path) -> float:
+    backends, port = [free_port(), free_port()], free_port()
+    conf = folder / f"nginx-{port}.conf"
+    conf.write_text(peers.nginx(conf, peers.nginx_backends(backends)))
+    out = folder / f"callgrind-{server}.out"
+    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    quiet = {**os.environ, "FOOBAR_LB_ACCESS_LOG": "false", "FOOBAR_WEB_ACCESS_LOG": "false"}
+    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    proxy = subprocess.Popen(
+        [*callgrind, *command(server, port, backends, folder)],
+        cwd=ROOT,
+        env=quiet,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(backends[0])
+        wait_port(port, 120)
+        path = b"/api/x" if server == "web" else b"/"
+        asyncio.run(load(port, path, 200))
+        subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
+        asyncio.run(load(port, path, REQUESTS))
+        subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True, capture_output=True)
+        time.sleep(0.5)
+    finally:
+        proxy.terminate()
+        proxy.wait()
+        nginx.terminate()
+        nginx.wait()
+    dumps = sorted(folder.glob(f"callgrind-{server}.out.*"))
+    text = dumps[0].read_text()
+    total = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+    assert total is not None, "callgrind wrote no totals"
+    return int(total[1]) / REQUESTS
+
+
+def main(servers: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="foobar-instructions-") as folder:
+        for server in servers or ["lb", "web", "floor"]:
+            count = measure(server, Path(folder))
+            print(f"{server:<6} {count:>10,.0f} instructions per request", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
