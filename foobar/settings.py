@@ -31,7 +31,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, Va
 
 from foobar.errors import ConfigError
 
-ROLES = frozenset({"lb", "web", "app", "db", "up"})
+ROLES = frozenset({"lb", "web", "app", "db", "witness", "up"})
 
 
 class HostPort(NamedTuple):

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,10 @@ class ManagedInstance:
         program: ServerProgram,
         semi_sync_timeout: float,
         buffer_pool: str,
+        extra_options: Sequence[str] = (),
     ) -> None:
         self.spec = spec
+        self.extra_options = list(extra_options)
         self.directory = directory.resolve()
         self.program = program
         self.semi_sync_timeout = semi_sync_timeout
@@ -206,14 +209,21 @@ class ManagedInstance:
             # the local stack runs several servers: none should take all file handles
             "--open-files-limit=4096",
             *self.program.dialect.server_options(int(self.semi_sync_timeout * 1000), primary),
+            # Fencing: every start is read-only; only whoever holds the current epoch
+            # (the supervisor, or the primary's agent) lifts it.
+            f"--{self.program.dialect.read_only_variable.replace('_', '-')}=ON",
+            *self.extra_options,
         ]
-        if not primary:
-            options.append(f"--{self.program.dialect.read_only_variable.replace('_', '-')}=ON")
+        if self.program.dialect is MARIADB:
+            # After a crash, a former primary that restarts as a replica drops from its
+            # binlog the transactions no replica acknowledged (they were never reported
+            # as committed) instead of keeping them as errant ones (MDEV-21117).
+            options.append(f"--init-rpl-role={'MASTER' if primary else 'SLAVE'}")
         return options
 
     async def start(self, primary: bool) -> None:
-        """Start the server, read-only unless it is the primary, and wait until it
-        answers on its socket."""
+        """Start the server (read-only, whatever its role) and wait until it answers on
+        its socket."""
         if self.running:
             return
         self.check_port()

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from foobar.admin import Admin, json_response
+from foobar.db.agent import Agent
+from foobar.db.agent import admin_for as agent_admin
 from foobar.db.errors import DbError
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import Supervisor
@@ -43,6 +45,8 @@ def admin_for(supervisor: Supervisor) -> Admin:
 
 
 async def run(settings: DbSettings) -> int:
+    if settings.agent is not None:
+        return await run_agent(settings)
     supervisor = Supervisor(settings)
     await supervisor.start()
     admin = admin_for(supervisor)
@@ -58,4 +62,23 @@ async def run(settings: DbSettings) -> int:
         await watcher
     await admin.shutdown()
     await supervisor.stop()
+    return 0
+
+
+async def run_agent(settings: DbSettings) -> int:
+    agent = Agent(settings)
+    await agent.start()
+    admin = agent_admin(agent)
+    if settings.admin is not None:
+        await admin.start(settings.admin)
+    state = agent.state
+    log.info("event=serving agent=%s epoch=%d primary=%s", agent.name, state.epoch, agent.primary)
+    watcher = asyncio.create_task(agent.watch())
+    await until_stopped()
+    log.info("event=stopping")
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await admin.shutdown()
+    await agent.stop()
     return 0

@@ -18,11 +18,13 @@ import json
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from foobar.db.epoch import EpochFile
 from foobar.db.errors import DbError
 from foobar.db.instance import ManagedInstance, find_server
 from foobar.db.replication import (
@@ -33,6 +35,7 @@ from foobar.db.replication import (
     ensure_replication_account,
     read_status,
     switchover,
+    write_epoch_marker,
 )
 from foobar.db.settings import DbSettings
 
@@ -132,6 +135,8 @@ class Supervisor:
         self.nodes: dict[str, Node] = {}
         self.statuses: dict[str, NodeStatus] = {}
         self.primary = self._load_topology()
+        self.epochs = EpochFile(settings.state_dir / "epoch.json")
+        self.epoch = self.epochs.load()
         self.app_password, self.replication_password = load_secrets(settings)
         self._lock = asyncio.Lock()  # a switchover and a watch round never interleave
         self._next_restart: dict[str, float] = {}
@@ -213,6 +218,10 @@ class Supervisor:
                     await self.instances[name].start(primary=name == self.primary)
             await self._configure()
             self._save_topology()
+            if self.epoch.primary != self.primary:
+                await self._next_epoch("first start")
+            else:
+                await self._mark_epoch()
             await self._wait_until_replicating()
         except BaseException:
             await self.stop()
@@ -226,9 +235,31 @@ class Supervisor:
             )
         for name in self.replicas:
             await self._attach(name)
+        await self._lift(self.primary)
         await ensure_app_account(
             self.nodes[self.primary], settings.app_schema, settings.app_user, self.app_password
         )
+
+    async def _lift(self, name: str) -> None:
+        """Every server starts read-only; the primary takes writes once we say so."""
+        node = self.nodes[name]
+        await node.execute(*(await node.sql()).set_read_only(False))
+
+    async def _next_epoch(self, reason: str) -> None:
+        """One process decides alone here (the single-host form): the epoch is kept so
+        that the application finds the primary the same way as with agents."""
+        position = await self.nodes[self.primary].value("SELECT @@GLOBAL.gtid_current_pos")
+        now = time.time()
+        # semi-sync with its timeout: this form has no majority to decide a degrade
+        self.epoch = self.epoch.next(self.primary, str(position), reason, now).with_degraded(
+            False, reason, now
+        )
+        self.epochs.store(self.epoch)
+        await self._mark_epoch()
+
+    async def _mark_epoch(self) -> None:
+        for node in self.nodes.values():
+            await write_epoch_marker(node, self.epoch.epoch, self.primary)
 
     async def _attach(self, name: str) -> None:
         await attach(
@@ -288,6 +319,8 @@ class Supervisor:
                 self.metrics.restarts.labels(name).inc()
                 if name != self.primary:
                     await self._attach(name)
+                else:
+                    await self._lift(name)
             except DbError as exc:
                 log.error(
                     "event=restart_failed instance=%s reason=%r retry_in=%.0fs",
@@ -340,6 +373,7 @@ class Supervisor:
         healthy, reason = self.health()
         return {
             "primary": self.primary,
+            "epoch": self.epoch.as_dict(),
             "healthy": healthy,
             "reason": reason,
             "instances": [
@@ -368,6 +402,7 @@ class Supervisor:
             )
             self.primary = new
             self._save_topology()
+            await self._next_epoch(f"switchover from {old}")
             self.metrics.switchovers.inc()
             await self._wait_until_replicating()
         return {"primary": new, "previous": old, "gtid": position}
