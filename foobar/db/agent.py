@@ -166,6 +166,7 @@ class Agent:
             [f"--slave-net-timeout={net_timeout}"],
         )
         self.instance.check_datadir()
+        await self.instance.stop_leftover()
         self.instance.check_port()
         await self.instance.initialize()
         self.node = Node(self.spec, self.instance.admin_user, socket=self.instance.socket)

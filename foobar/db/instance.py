@@ -276,6 +276,33 @@ class ManagedInstance:
         errors = [line for line in text if "[ERROR]" in line] or text
         return " / ".join(errors[-lines:])
 
+    def leftover_pid(self) -> int | None:
+        """The pid of a server still running on this data directory, if any."""
+        try:
+            pid = int((self.directory / "mysqld.pid").read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        # gone, or the pid now belongs to something else
+        return pid if f"--datadir={self.datadir}".encode() in command else None
+
+    async def stop_leftover(self) -> None:
+        """Stop a server a previous foobar.db process started on this data directory and
+        left running when it died (kill -9): it may be writable, and its successor starts
+        every server read-only. Identified by its pid file and its command line."""
+        pid = self.leftover_pid()
+        if pid is None:
+            return
+        log.warning("event=leftover_server instance=%s pid=%d action=stop", self.name, pid)
+        os.kill(pid, signal.SIGCONT)  # a frozen one cannot act on SIGTERM
+        os.kill(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_TIMEOUT
+        while self.leftover_pid() == pid:
+            if loop.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
+
     async def stop(self) -> None:
         """SIGTERM, then wait for a clean shutdown; SIGKILL only past STOP_TIMEOUT."""
         process = self.process
