@@ -44,6 +44,7 @@ from foobar.db.replication import (
     NodeStatus,
     apply_relay_log,
     attach,
+    end_client_sessions,
     ensure_app_account,
     ensure_replication_account,
     errant_gtids,
@@ -278,11 +279,18 @@ class Agent:
                 await self._fence()
 
     async def _fence(self) -> None:
+        """Make this server harmless: no client left that could still be told
+        "committed", read-only, and no longer waiting for acknowledgements."""
         assert self.node is not None
         dialect = await self.node.sql()
+        ended = await end_client_sessions(self.node)
         await self.node.execute(*dialect.set_read_only(True), dialect.set_semi_sync_primary(False))
         log.warning(
-            "event=fenced agent=%s epoch=%d primary=%s", self.name, self.state.epoch, self.primary
+            "event=fenced agent=%s epoch=%d primary=%s sessions_ended=%d",
+            self.name,
+            self.state.epoch,
+            self.primary,
+            ended,
         )
 
     # the primary's side
@@ -428,6 +436,8 @@ class Agent:
         silent = self.participant.unseen(self.primary)
         if silent < settings.failover_after or not settings.auto_failover:
             return
+        if self.state.primary is None:
+            return  # the first primary has not registered: nothing to fail over from
         if self.state.degraded:
             self.say_once(
                 f"degraded {self.state.epoch}",

@@ -162,6 +162,7 @@ class ManagedInstance:
                 f"--auth-root-socket-user={self.os_user}",
                 "--skip-test-db",
                 f"--user={self.os_user}",
+                f"--tmpdir={self.directory}",
                 f"--innodb-buffer-pool-size={self.buffer_pool}",
             ]
         else:
@@ -184,8 +185,10 @@ class ManagedInstance:
         )
         output, _ = await process.communicate()
         if process.returncode != 0:
-            tail = output.decode(errors="replace").strip().splitlines()[-5:]
-            raise DbError(f"initialising {self.datadir} failed: {' / '.join(tail)}")
+            lines = output.decode(errors="replace").strip().splitlines()
+            # mariadb-install-db ends with advice; the reason is in its [ERROR] lines
+            tail = [line for line in lines if "ERROR" in line or "failed" in line] or lines
+            raise DbError(f"initialising {self.datadir} failed: {' / '.join(tail[-5:])}")
         return True
 
     def command(self, primary: bool) -> list[str]:
@@ -197,6 +200,8 @@ class ManagedInstance:
             f"--socket={self.socket}",
             f"--pid-file={self.directory / 'mysqld.pid'}",
             f"--log-error={self.error_log}",
+            # its own temporary files in its own 0700 directory, not a shared /tmp
+            f"--tmpdir={self.directory}",
             f"--bind-address={spec.host}",
             f"--port={spec.port}",
             f"--server-id={spec.server_id}",

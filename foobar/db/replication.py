@@ -345,3 +345,23 @@ async def apply_relay_log(node: Node, timeout: float) -> str:
         if await node.value(sql, args) != 0:
             raise DbError(f"{node.name} did not apply its relay log up to {received} in {timeout}s")
     return str(await node.value(f"SELECT @@GLOBAL.{dialect.gtid_variable}"))
+
+
+async def end_client_sessions(node: Node) -> int:
+    """Disconnect every client of a server being fenced. A session waiting for a
+    semi-sync acknowledgement that will never come (its replica was promoted) would
+    otherwise block `SET GLOBAL read_only` forever; disconnected, its client never hears
+    "committed", so nothing it was told is lost. Returns how many were ended."""
+    rows = await node.query(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
+        " AND USER NOT IN ('system user', 'event_scheduler')"
+        " AND COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Slave_IO', 'Slave_SQL', 'Slave_worker')"
+    )
+    ended = 0
+    for row in rows:
+        try:
+            await node.query("KILL CONNECTION %s", (int(row["ID"]),))
+            ended += 1
+        except DbError:
+            continue  # it ended by itself meanwhile
+    return ended

@@ -194,7 +194,7 @@ async def test_old_primary_with_an_errant_transaction_is_kept_out(tmp_path: Path
         old = Node(spec, "root", socket=tmp_path / "primary" / "primary" / "mysqld.sock")
         await old.execute(
             "SET GLOBAL rpl_semi_sync_master_enabled=OFF",
-            "CREATE TABLE foobar.errant (id INT PRIMARY KEY)",
+            "CREATE DATABASE made_by_hand",
         )
         gtid = await old.value("SELECT @@gtid_binlog_pos")
         old.close()
@@ -216,12 +216,13 @@ async def test_ten_failovers_in_a_row(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
         checker = Checker([url], servers(cluster))
         checker.start()
-        times = []
+        times: list[float] = []
         primary, replica = "primary", "replica"
         for round_ in range(10):
             await asyncio.sleep(0.5)
             loop = asyncio.get_running_loop()
             began = loop.time()
+            checker.fault()
             await kill_host(cluster, primary)
             status = await cluster.until(replica, is_primary(replica), timeout=20)
             assert status["epoch"]["epoch"] == round_ + 2
