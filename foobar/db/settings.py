@@ -142,6 +142,11 @@ class DbSettings(RoleSettings):
             raise ValueError("an agent manages its own instance: mode must be managed")
         if self.witness is None:
             raise ValueError("agent mode needs witness = HOST:PORT (the third vote)")
+        if self.app_password is None or self.replication_password is None:
+            raise ValueError(
+                "agent mode needs app_password and replication_password (the same on both "
+                "database hosts; FOOBAR_DB_APP_PASSWORD, FOOBAR_DB_REPLICATION_PASSWORD)"
+            )
         peers = {peer.name for peer in self.peers}
         if self.agent in peers:
             raise ValueError(f"agent {self.agent!r} cannot be its own peer")

@@ -124,3 +124,38 @@ def test_no_failover_while_degraded_and_degrade_needs_a_silent_replica(tmp_path:
 )
 def test_errant_gtids(binlog_state: str, server_id: int, start: str, errant: list[str]) -> None:
     assert errant_gtids(binlog_state, server_id, start) == errant
+
+
+AGENT = {
+    "agent": "db1",
+    "initial_primary": "db1",
+    "witness": "10.0.0.1:9104",
+    "peers": ["db2=10.0.0.5:9103"],
+    "app_password": "a",
+    "replication_password": "r",
+    "instances": [
+        {"name": "db1", "host": "10.0.0.3", "port": 3306, "server_id": 1},
+        {"name": "db2", "host": "10.0.0.5", "port": 3306, "server_id": 2},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"agent": "db3"}, "agent 'db3' is not an instance"),
+        ({"witness": None}, "agent mode needs witness"),
+        ({"peers": ["db1=10.0.0.3:9103"]}, "cannot be its own peer"),
+        ({"peers": []}, "one peer per other instance"),
+        ({"app_password": None}, "needs app_password and replication_password"),
+        ({"peers": ["db2"]}, "expected NAME=HOST:PORT"),
+    ],
+)
+def test_agent_settings_refused(change: dict[str, object], message: str) -> None:
+    from pydantic import ValidationError
+
+    from foobar.db.settings import DbSettings
+
+    assert DbSettings.model_validate(AGENT).peers[0].admin == ("10.0.0.5", 9103)
+    with pytest.raises(ValidationError, match=message):
+        DbSettings.model_validate({**AGENT, **change})
