@@ -194,6 +194,12 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, pymysql.err.OperationalError) and exc.args[0] in UNAVAILABLE
 
 
+def behind_on_schema(exc: BaseException) -> bool:
+    """A replica without a table the primary has (1146) has not applied that DDL yet: a
+    restarted replica reports no lag for a moment before it has fetched anything."""
+    return isinstance(exc, pymysql.err.ProgrammingError) and exc.args[0] == 1146
+
+
 def error_text(exc: BaseException) -> str:
     if isinstance(exc, pymysql.err.Error) and len(exc.args) >= 2:
         return f"{exc.args[1]} ({exc.args[0]})"
@@ -434,7 +440,7 @@ class Router:
                     return await self._run(replica, work), replica
                 reason = "gtid_timeout"
             except Exception as exc:
-                if not unavailable(exc):
+                if not unavailable(exc) and not behind_on_schema(exc):
                     raise
                 log.info(
                     "event=replica_failed node=%s reason=%r action=primary",
