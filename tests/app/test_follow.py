@@ -12,6 +12,7 @@ import pytest
 from foobar.app.serve import AppServer
 from foobar.app.settings import AppSettings
 from tests.dbcluster import Cluster
+from tests.history import Checker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,3 +80,33 @@ async def test_apps_follow_a_switchover_and_read_your_writes_holds(
             async with httpx.AsyncClient() as admin_less:
                 health = (await admin_less.get(f"{app}/healthz")).json()
             assert health["nodes"] == {"db1": True, "db2": True}, health
+
+
+async def test_promote_under_load_loses_nothing(
+    db_cluster: Cluster, followers: list[AppServer]
+) -> None:
+    """The history checker through both app servers while the primary is switched."""
+    urls = [f"http://{host}:{port}" for host, port in (s.server.address for s in followers)]
+    spec = {
+        name: {
+            "host": db_cluster.spec(name).host,
+            "port": db_cluster.spec(name).port,
+            "user": db_cluster.settings.app_user,
+            "password": db_cluster.supervisor.app_password,
+            "db": db_cluster.settings.app_schema,
+        }
+        for name in ("primary", "replica")
+    }
+    checker = Checker(urls, spec)
+    checker.start()
+    await asyncio.sleep(1.0)
+    checker.fault()
+    await db_cluster.supervisor.promote()
+    await asyncio.sleep(1.5)
+    await checker.stop()
+    verdict = await checker.verdict(must_hold=["primary", "replica"])
+    assert verdict["problems"] == [] and verdict["lost"] == 0, verdict
+    assert verdict["ok"] > 20
+    resumed = verdict["writes_resumed_after"]
+    assert resumed is not None and resumed < 5, verdict
+    print(f"promote under load: writes resumed {resumed}s after the switchover began")

@@ -236,3 +236,17 @@ async def test_ten_failovers_in_a_row(tmp_path: Path) -> None:
         verdict = await checker.verdict(must_hold=["primary", "replica"])
         assert verdict["problems"] == [] and verdict["lost"] == 0, verdict
         assert max(times) < RESUME_WITHIN
+
+
+async def test_no_failover_without_the_witness(tmp_path: Path) -> None:
+    """Two agents alone are no majority: with the witness gone, a lost primary is not
+    replaced (and says so), however long it stays away."""
+    async with running_agents(tmp_path) as cluster:
+        await cluster.stop("witness")
+        await kill_host(cluster, "primary")
+        await asyncio.sleep(cluster.failover_after * 4)
+        status = await cluster.status("replica")
+        assert (status["epoch"]["epoch"], status["primary"]) == (1, "primary")
+        assert status["instances"][0]["read_only"] is True
+        log = (cluster.logs / "replica.log").read_text()
+        assert "the witness does not agree that the primary is gone" in log
