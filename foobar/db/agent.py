@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -33,7 +34,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from foobar.admin import Admin
+from foobar.admin import Admin, json_response
+from foobar.db import peers
 from foobar.db.epoch import EpochFile, EpochState
 from foobar.db.errors import DbError
 from foobar.db.instance import ManagedInstance, find_server
@@ -53,6 +55,7 @@ from foobar.db.replication import (
 )
 from foobar.db.settings import SEMI_SYNC_FOREVER_MS, DbSettings, InstanceSettings, PeerSettings
 from foobar.db.supervisor import Metrics, load_secrets
+from foobar.http.server import Request, Response
 
 log = logging.getLogger("foobar.db.agent")
 
@@ -307,6 +310,12 @@ class Agent:
         if self.state.primary is None:
             await self._register()
             return
+        if self.local.replicating_from is not None:
+            # named primary without having been told to take over (the old primary's
+            # agent died mid-switchover): what it fetched is all there is
+            await apply_relay_log(self.node, RELAY_APPLY_TIMEOUT)
+            await self._take_writes()
+            return
         if self.local.read_only:
             if not self._majority_holds(peer_view, witness_view):
                 self.say_once(
@@ -481,17 +490,7 @@ class Agent:
             await self.node.execute("START SLAVE IO_THREAD")
             return
         self.participant.adopt(claimed)
-        dialect = await self.node.sql()
-        # the old primary is gone: no replica can acknowledge yet (the state says degraded)
-        await self.node.execute(
-            dialect.stop_replica,
-            dialect.reset_replica,
-            dialect.set_semi_sync_primary(False),
-            FOREVER,
-            *dialect.set_read_only(False),
-        )
-        await write_epoch_marker(self.node, self.state.epoch, self.name)
-        self.marked_epoch = self.state.epoch
+        await self._take_writes()
         self.failover_error = None
         self.last_failover_took = loop.time() - began
         self.ha.failovers.inc()
@@ -505,6 +504,75 @@ class Agent:
         )
         with contextlib.suppress(DbError):
             await offer(self.peer.admin, self.settings.cluster_name, self.state)
+
+    async def _take_writes(self) -> None:
+        """This server, holding the current epoch and everything its old primary
+        acknowledged, stops replicating and takes writes. It starts degraded: no replica
+        acknowledges yet (the former primary rejoins, then semi-sync is restored)."""
+        assert self.node is not None
+        dialect = await self.node.sql()
+        await self.node.execute(
+            dialect.stop_replica,
+            dialect.reset_replica,
+            dialect.set_semi_sync_primary(False),
+            FOREVER,
+            *dialect.set_read_only(False),
+        )
+        await write_epoch_marker(self.node, self.state.epoch, self.name)
+        self.marked_epoch = self.state.epoch
+
+    # planned switchover
+
+    async def promote(self) -> dict[str, Any]:
+        """On the primary's agent: hand the primary's role to the peer, losing nothing.
+        Fence this server, claim the next epoch for the peer at the witness, then ask the
+        peer to take over once it has applied everything up to this server's last GTID.
+        This server then rejoins as its replica in the next steps."""
+        async with self._lock:
+            assert self.node is not None
+            if not self.is_primary:
+                raise DbError(f"{self.name} is not the primary: ask {self.primary}'s agent")
+            if self.state.degraded:
+                raise DbError(f"replication is degraded ({self.state.reason}): no switchover")
+            old = self.state
+            await self._fence()
+            position = str(await self.node.value("SELECT @@GLOBAL.gtid_current_pos"))
+            handed = old.next(self.peer.name, position, f"switchover from {self.name}", time.time())
+            if not await offer(self.witness, self.settings.cluster_name, handed, planned=True):
+                await self.node.execute(*(await self.node.sql()).set_read_only(False))
+                raise DbError("the witness refused the switchover or cannot be reached")
+            self.participant.adopt(handed)
+            done, why = await peers.hand_over(
+                self.peer.admin, self.settings.cluster_name, handed, position, RELAY_APPLY_TIMEOUT
+            )
+            if not done:
+                self.failover_error = (
+                    f"switchover to {self.peer.name} in epoch {handed.epoch} did not finish: "
+                    f"{why}; its agent completes it when it can, until then no writes"
+                )
+                raise DbError(self.failover_error)
+            log.warning(
+                "event=switched agent=%s to=%s gtid=%s", self.name, self.peer.name, position
+            )
+            return {"primary": self.peer.name, "previous": self.name, "gtid": position}
+
+    async def take_over(self, cluster: str, state: EpochState, position: str) -> None:
+        """On the replica's agent, asked by the primary's: take the epoch that names this
+        server, apply everything up to `position`, take writes."""
+        async with self._lock:
+            assert self.node is not None
+            reason = self.participant.accept(cluster, state, vote=False)
+            if reason is not None:
+                raise DbError(reason)
+            if not self.is_primary:
+                raise DbError(f"epoch {state.epoch} names {state.primary}, not {self.name}")
+            sql, args = (await self.node.sql()).gtid_wait(position, RELAY_APPLY_TIMEOUT)
+            if await self.node.value(sql, args) != 0:
+                raise DbError(f"{self.name} did not reach {position} in {RELAY_APPLY_TIMEOUT}s")
+            await self._take_writes()
+            log.warning(
+                "event=took_over agent=%s epoch=%d gtid=%s", self.name, state.epoch, position
+            )
 
     # what people see
 
@@ -567,4 +635,31 @@ def admin_for(agent: Agent) -> Admin:
     async def status() -> dict[str, Any]:
         return agent.status()
 
-    return Admin(health, status, agent.registry, agent.participant.routes(False))
+    async def promote(request: Request) -> Response:
+        await request.body.read()
+        try:
+            return json_response(200, await agent.promote())
+        except DbError as exc:
+            log.error("event=promote_failed agent=%s reason=%r", agent.name, str(exc))
+            return json_response(409, {"error": str(exc)})
+
+    async def take_over(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body.read())
+            cluster, position = str(data["cluster"]), str(data["position"])
+            state = EpochState.from_dict(data["state"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return json_response(400, {"error": f"expected {{cluster, state, position}}: {exc}"})
+        try:
+            await agent.take_over(cluster, state, position)
+        except DbError as exc:
+            log.error("event=take_over_failed agent=%s reason=%r", agent.name, str(exc))
+            return json_response(409, {"error": str(exc)})
+        return json_response(200, {"primary": agent.name})
+
+    routes = {
+        **agent.participant.routes(False),
+        ("POST", b"/promote"): promote,
+        ("POST", b"/takeover"): take_over,
+    }
+    return Admin(health, status, agent.registry, routes)

@@ -70,7 +70,9 @@ class Participant:
 
     # the rule
 
-    def refusal(self, cluster: str, state: EpochState, vote: bool) -> str | None:
+    def refusal(
+        self, cluster: str, state: EpochState, vote: bool, planned: bool = False
+    ) -> str | None:
         """Why `state` is not taken, or None when it may be."""
         current = self.state
         if cluster != self.cluster:
@@ -89,6 +91,8 @@ class Participant:
                     f"replication is degraded since epoch {current.epoch} ({current.reason}): "
                     f"{state.primary} may lack acknowledged writes, no automatic failover"
                 )
+            if planned:
+                return None  # the current primary's agent hands over, fenced first
             silent = self.unseen(current.primary)
             if silent < self.failover_after:
                 return f"{current.primary} greeted {self.name} {silent:.1f}s ago"
@@ -99,9 +103,11 @@ class Participant:
                 return f"replica {', '.join(seen)} still greets {self.name}"
         return None
 
-    def accept(self, cluster: str, state: EpochState, vote: bool) -> str | None:
+    def accept(
+        self, cluster: str, state: EpochState, vote: bool, planned: bool = False
+    ) -> str | None:
         """Store `state` when the rule allows; the refusal's reason otherwise."""
-        reason = self.refusal(cluster, state, vote)
+        reason = self.refusal(cluster, state, vote, planned)
         if reason is not None:
             return reason
         if state != self.state:
@@ -134,10 +140,11 @@ class Participant:
                 data = json.loads(await request.body.read())
                 cluster = str(data["cluster"])
                 state = EpochState.from_dict(data["state"])
+                planned = data.get("planned") is True
             except (ValueError, KeyError, TypeError) as exc:
                 return json_response(400, {"error": f"expected {{cluster, state}}: {exc}"})
             try:
-                reason = self.accept(cluster, state, vote)
+                reason = self.accept(cluster, state, vote, planned)
             except DbError as exc:
                 reason = str(exc)
             if reason is not None:

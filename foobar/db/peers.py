@@ -96,10 +96,32 @@ async def view(admin: HostPort) -> View | None:
         return None
 
 
-async def offer(admin: HostPort, cluster: str, state: EpochState) -> bool:
-    body = json.dumps({"cluster": cluster, "state": state.as_dict()}).encode()
+async def offer(admin: HostPort, cluster: str, state: EpochState, planned: bool = False) -> bool:
+    """`planned`: a switchover asked for by the current primary's agent, already fenced."""
+    body = json.dumps({"cluster": cluster, "state": state.as_dict(), "planned": planned})
     try:
-        status, _ = await _call(admin, "POST", "/epoch", body)
+        status, _ = await _call(admin, "POST", "/epoch", body.encode())
     except (FoobarError, OSError, TimeoutError, ValueError):
         return False
     return status == 200
+
+
+async def hand_over(
+    admin: HostPort, cluster: str, state: EpochState, position: str, timeout: float
+) -> tuple[bool, str]:
+    """Ask the peer agent to take the primary's role from GTID `position` on; whether it
+    did, and why not."""
+    body = json.dumps({"cluster": cluster, "state": state.as_dict(), "position": position})
+    pool = UpstreamPool(
+        admin.host, admin.port, PoolConfig(connect_timeout=PEER_TIMEOUT, read_timeout=timeout)
+    )
+    try:
+        response = await pool.request(
+            "POST", b"/takeover", [(b"Host", str(admin).encode())], body.encode()
+        )
+        data = json.loads(await response.read())
+    except (FoobarError, OSError, TimeoutError, ValueError) as exc:
+        return False, f"{admin}: {exc}"
+    finally:
+        await pool.close()
+    return response.status == 200, str(data.get("error", "")) if isinstance(data, dict) else ""

@@ -250,3 +250,26 @@ async def test_no_failover_without_the_witness(tmp_path: Path) -> None:
         assert status["instances"][0]["read_only"] is True
         log = (cluster.logs / "replica.log").read_text()
         assert "the witness does not agree that the primary is gone" in log
+
+
+async def test_planned_switchover_between_agents_under_load(tmp_path: Path) -> None:
+    async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
+        checker = Checker([url], servers(cluster))
+        checker.start()
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(timeout=60) as client:
+            refused = await client.post(f"http://{cluster.admin('replica')}/promote", content=b"")
+            assert refused.status_code == 409 and "ask primary's agent" in refused.text
+            checker.fault()
+            answer = await client.post(f"http://{cluster.admin('primary')}/promote", content=b"")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["primary"] == "replica"
+        status = await cluster.until("replica", settled, timeout=30)  # the old one rejoined
+        assert status["epoch"]["epoch"] == 2
+        assert status["last_failover"]["reason"] == "switchover from primary"
+        old = await cluster.until("primary", lambda s: s["healthy"], timeout=30)
+        assert old["instances"][0]["read_only"] is True and old["errant"] == []
+        await asyncio.sleep(0.5)
+        await checker.stop()
+        verdict = await checker.verdict(must_hold=["primary", "replica"])
+        assert_clean(verdict, "planned switchover between agents")
