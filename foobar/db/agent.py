@@ -174,11 +174,27 @@ class Agent:
         self.instance.check_port()
         await self.instance.initialize()
         self.node = Node(self.spec, self.instance.admin_user, socket=self.instance.socket)
+        await self._catch_up_on_epochs()
         try:
             await self._start_server()
         except BaseException:
             await self.stop()
             raise
+
+    async def _catch_up_on_epochs(self) -> None:
+        """Before the server starts: learn any newer epoch from the peers, so that a
+        former primary coming back after a crash starts in the replica's role and MariaDB
+        drops what no replica acknowledged, instead of keeping it as errant transactions.
+        With nobody reachable, the stored epoch decides."""
+        views = await asyncio.gather(view(self.peer.admin), view(self.witness))
+        sources = (
+            (f"peer {self.peer.admin}", self.peer.name),
+            (f"witness {self.witness}", "witness"),
+        )
+        for other, (source, expected) in zip(views, sources, strict=True):
+            trusted = self._trusted(other, source, expected)
+            if trusted is not None and trusted.state.supersedes(self.state):
+                self.participant.adopt(trusted.state)
 
     async def _start_server(self) -> None:
         assert self.instance is not None and self.node is not None
