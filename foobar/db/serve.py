@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from foobar.admin import Admin, json_response
 from foobar.db.agent import Agent
@@ -44,41 +44,46 @@ def admin_for(supervisor: Supervisor) -> Admin:
     return Admin(health, status, supervisor.registry, {("POST", b"/promote"): promote})
 
 
+class Served(Protocol):
+    """What `serve` runs: the single-host supervisor or one host's agent."""
+
+    async def start(self) -> None: ...
+    async def watch(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 async def run(settings: DbSettings) -> int:
     if settings.agent is not None:
-        return await run_agent(settings)
+        agent = Agent(settings)
+        return await serve(
+            settings,
+            agent,
+            agent_admin(agent),
+            lambda: f"agent={agent.name} epoch={agent.state.epoch} primary={agent.primary}",
+        )
     supervisor = Supervisor(settings)
-    await supervisor.start()
-    admin = admin_for(supervisor)
+
+    def serving() -> str:
+        healthy, reason = supervisor.health()
+        return f"primary={supervisor.primary} healthy={healthy} reason={reason!r}"
+
+    return await serve(settings, supervisor, admin_for(supervisor), serving)
+
+
+async def serve(
+    settings: DbSettings, served: Served, admin: Admin, describe: Callable[[], str]
+) -> int:
+    """Start, serve the admin listener, watch until SIGTERM/SIGINT, stop cleanly."""
+    await served.start()
     if settings.admin is not None:
         await admin.start(settings.admin)
-    healthy, reason = supervisor.health()
-    log.info("event=serving primary=%s healthy=%s reason=%r", supervisor.primary, healthy, reason)
-    watcher = asyncio.create_task(supervisor.watch())
+    log.info("event=serving %s", describe())
+    watcher = asyncio.create_task(served.watch())
     await until_stopped()
     log.info("event=stopping")
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await admin.shutdown()
-    await supervisor.stop()
-    return 0
-
-
-async def run_agent(settings: DbSettings) -> int:
-    agent = Agent(settings)
-    await agent.start()
-    admin = agent_admin(agent)
-    if settings.admin is not None:
-        await admin.start(settings.admin)
-    state = agent.state
-    log.info("event=serving agent=%s epoch=%d primary=%s", agent.name, state.epoch, agent.primary)
-    watcher = asyncio.create_task(agent.watch())
-    await until_stopped()
-    log.info("event=stopping")
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    await admin.shutdown()
-    await agent.stop()
+    await served.stop()
     return 0

@@ -66,6 +66,14 @@ def servers(cluster: AgentCluster) -> dict[str, dict[str, Any]]:
     }
 
 
+async def checking(cluster: AgentCluster, url: str) -> Checker:
+    """The history checker, posting through the app for a second before any fault."""
+    checker = Checker([url], servers(cluster))
+    checker.start()
+    await asyncio.sleep(1.0)
+    return checker
+
+
 def is_primary(name: str) -> Any:
     return lambda s: s["primary"] == name and s["instances"][0]["read_only"] is False
 
@@ -93,9 +101,7 @@ def assert_clean(verdict: dict[str, Any], label: str) -> None:
 
 async def test_kill_primary_fails_over_and_the_old_primary_rejoins(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
-        checker = Checker([url], servers(cluster))
-        checker.start()
-        await asyncio.sleep(1.0)
+        checker = await checking(cluster, url)
         checker.fault()
         await kill_host(cluster, "primary")
         status = await cluster.until("replica", is_primary("replica"), timeout=20)
@@ -123,9 +129,7 @@ async def test_kill_primary_fails_over_and_the_old_primary_rejoins(tmp_path: Pat
 
 async def test_frozen_primary_is_replaced_then_fenced(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
-        checker = Checker([url], servers(cluster))
-        checker.start()
-        await asyncio.sleep(1.0)
+        checker = await checking(cluster, url)
         pid = await cluster.server_pid("primary")
         checker.fault()
         os.kill(pid, signal.SIGSTOP)
@@ -155,9 +159,7 @@ async def test_frozen_primary_is_replaced_then_fenced(tmp_path: Path) -> None:
 
 async def test_dead_replica_degrades_explicitly_and_writes_go_on(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
-        checker = Checker([url], servers(cluster))
-        checker.start()
-        await asyncio.sleep(1.0)
+        checker = await checking(cluster, url)
         checker.fault()
         await kill_host(cluster, "replica")
         status = await cluster.until("primary", lambda s: s["epoch"]["degraded"], timeout=20)
@@ -254,9 +256,7 @@ async def test_no_failover_without_the_witness(tmp_path: Path) -> None:
 
 async def test_planned_switchover_between_agents_under_load(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
-        checker = Checker([url], servers(cluster))
-        checker.start()
-        await asyncio.sleep(1.0)
+        checker = await checking(cluster, url)
         async with httpx.AsyncClient(timeout=60) as client:
             refused = await client.post(f"http://{cluster.admin('replica')}/promote", content=b"")
             assert refused.status_code == 409 and "ask primary's agent" in refused.text
