@@ -387,13 +387,13 @@ class Agent:
             )
             return
         self.participant.adopt(first)
+        await write_epoch_marker(self.node, self.state.epoch, self.name)
+        self.marked_epoch = self.state.epoch
         dialect = await self.node.sql()
         await self.node.execute(dialect.set_semi_sync_primary(False), *dialect.set_read_only(False))
         await ensure_app_account(
             self.node, self.settings.app_schema, self.settings.app_user, self.app_password
         )
-        await write_epoch_marker(self.node, self.state.epoch, self.name)
-        self.marked_epoch = self.state.epoch
         log.info("event=registered agent=%s epoch=%d", self.name, self.state.epoch)
 
     async def _degrade(self, reason: str) -> None:
@@ -527,6 +527,9 @@ class Agent:
         acknowledges yet (the former primary rejoins, then semi-sync is restored)."""
         assert self.node is not None
         dialect = await self.node.sql()
+        # the epoch first: the app never sees this server writable in the old one
+        await write_epoch_marker(self.node, self.state.epoch, self.name)
+        self.marked_epoch = self.state.epoch
         await self.node.execute(
             dialect.stop_replica,
             dialect.reset_replica,
@@ -534,8 +537,6 @@ class Agent:
             FOREVER,
             *dialect.set_read_only(False),
         )
-        await write_epoch_marker(self.node, self.state.epoch, self.name)
-        self.marked_epoch = self.state.epoch
 
     # planned switchover
 

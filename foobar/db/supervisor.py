@@ -393,13 +393,21 @@ class Supervisor:
                 raise DbError(f"{new} is already the primary")
             old = self.primary
             others = [self.nodes[name] for name in self.replicas if name != new]
-            position = await switchover(
-                self.nodes[old],
-                self.nodes[new],
-                others,
-                self.settings.replication_user,
-                self.replication_password,
-            )
+            # The next epoch is on every server before the new primary takes a write, so
+            # the app never sees it writable in the old one.
+            for node in self.nodes.values():
+                await write_epoch_marker(node, self.epoch.epoch + 1, new)
+            try:
+                position = await switchover(
+                    self.nodes[old],
+                    self.nodes[new],
+                    others,
+                    self.settings.replication_user,
+                    self.replication_password,
+                )
+            except DbError:
+                await self._next_epoch(f"switchover to {new} failed, {old} kept")
+                raise
             self.primary = new
             self._save_topology()
             await self._next_epoch(f"switchover from {old}")
