@@ -82,9 +82,12 @@ def settled(s: dict[str, Any]) -> bool:
     return bool(s["healthy"]) and not s["epoch"]["degraded"]
 
 
-async def kill_host(cluster: AgentCluster, name: str) -> None:
-    """kill -9 of the agent and its mariadbd: the host is gone."""
+async def kill_host(cluster: AgentCluster, name: str, checker: Checker | None = None) -> None:
+    """kill -9 of the agent and its mariadbd: the host is gone (the fault marked in the
+    checker's history at that moment)."""
     pid = await cluster.server_pid(name)
+    if checker is not None:
+        checker.fault()
     cluster.kill(name)
     os.kill(pid, signal.SIGKILL)
     await cluster.processes[name].wait()
@@ -102,8 +105,7 @@ def assert_clean(verdict: dict[str, Any], label: str) -> None:
 async def test_kill_primary_fails_over_and_the_old_primary_rejoins(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
         checker = await checking(cluster, url)
-        checker.fault()
-        await kill_host(cluster, "primary")
+        await kill_host(cluster, "primary", checker)
         status = await cluster.until("replica", is_primary("replica"), timeout=20)
         assert status["epoch"]["epoch"] == 2
         assert status["epoch"]["degraded"]  # alone: asynchronous, said loudly
@@ -160,8 +162,7 @@ async def test_frozen_primary_is_replaced_then_fenced(tmp_path: Path) -> None:
 async def test_dead_replica_degrades_explicitly_and_writes_go_on(tmp_path: Path) -> None:
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
         checker = await checking(cluster, url)
-        checker.fault()
-        await kill_host(cluster, "replica")
+        await kill_host(cluster, "replica", checker)
         status = await cluster.until("primary", lambda s: s["epoch"]["degraded"], timeout=20)
         assert status["epoch"]["epoch"] == 1  # no failover, the same primary
         assert "replica replica silent" in status["epoch"]["reason"]
@@ -224,8 +225,7 @@ async def test_ten_failovers_in_a_row(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             loop = asyncio.get_running_loop()
             began = loop.time()
-            checker.fault()
-            await kill_host(cluster, primary)
+            await kill_host(cluster, primary, checker)  # the last round's is measured
             status = await cluster.until(replica, is_primary(replica), timeout=20)
             assert status["epoch"]["epoch"] == round_ + 2
             times.append(round(loop.time() - began, 2))
