@@ -40,7 +40,7 @@ from pydantic import (
 
 from foobar.errors import ConfigError
 
-ROLES = frozenset({"lb", "web", "app", "db", "up", "statuspage"})
+ROLES = frozenset({"lb", "web", "app", "db", "witness", "up", "statuspage"})
 
 
 class HostPort(NamedTuple):

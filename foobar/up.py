@@ -6,11 +6,14 @@ Ports, from `--base-port` B (8080):
 
     B        the balancer's HTTP listener (redirects to HTTPS unless --no-tls)
     B+363    the balancer's HTTPS listener (8443)
-    B+1..    web servers         B+11..   app servers      B+21, B+22   MariaDB primary, replica
+    B+1..    web servers         B+11..   app servers      B+21, B+22   MariaDB db1, db2
     B+100    the balancer's admin (stats)    B+101.. web admins    B+111.. app admins
-    B+121    the database's admin
+    B+121, B+122   the database agents' admins (db1, db2)    B+123   the witness
     B+200    the status page (the whole site at a glance)
     B+201    Prometheus      B+202    Alertmanager   (with --monitoring)
+
+The database runs as on two hosts: one agent per server and a witness, so a failover can
+be watched locally (kill -9 the primary's agent and its mariadbd, see `status`).
 """
 
 from __future__ import annotations
@@ -100,8 +103,8 @@ class Plan:
         return self.port(363)
 
     def all_ports(self) -> list[int]:
-        ports = [self.port(0), self.port(100), self.port(21), self.port(22), self.port(121)]
-        ports.append(self.port(200))
+        ports = [self.port(0), self.port(100), self.port(21), self.port(22)]
+        ports += [self.port(121), self.port(122), self.port(123), self.port(200)]
         ports += [self.port(1 + i) for i in range(self.webs)] + [
             self.port(101 + i) for i in range(self.webs)
         ]
@@ -110,6 +113,36 @@ class Plan:
         ]
         ports += [self.port(201), self.port(202)] if self.monitoring else []
         return ports + ([self.https_port] if self.tls else [])
+
+
+def database_secrets(state: Path) -> dict[str, str]:
+    """The passwords both database agents share: made once, kept in
+    <state>/secrets.json (0600), handed to the agents in their environment."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "secrets.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    for key in ("app_password", "replication_password"):
+        stored.setdefault(key, secrets.token_urlsafe(24))
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(stored, file)
+    return {
+        "FOOBAR_DB_APP_PASSWORD": stored["app_password"],
+        "FOOBAR_DB_REPLICATION_PASSWORD": stored["replication_password"],
+    }
+
+
+def agents_config(state: Path, ports: dict[str, int]) -> Path:
+    """The settings file both agents share: the two servers, db1 the first primary."""
+    config = state / "agents.toml"
+    config.write_text(
+        '[db]\ninitial_primary = "db1"\n'
+        + "".join(
+            f'[[db.instances]]\nname = "{name}"\nhost = "{HOST}"\nport = {port}\nserver_id = {n}\n'
+            for n, (name, port) in enumerate(ports.items(), start=1)
+        )
+    )
+    return config
 
 
 def port_free(port: int) -> bool:
@@ -339,48 +372,72 @@ class Site:
         await self.start_child(child)
         return child
 
+    async def start_database(self, state: Path) -> dict[str, str]:
+        """The witness and one agent per database server, as on two hosts; returns the
+        passwords both agents share (made once, kept in <state>/secrets.json)."""
+        plan = self.plan
+        passwords = database_secrets(state)
+        ports = {"db1": plan.port(21), "db2": plan.port(22)}
+        admins = {"db1": plan.port(121), "db2": plan.port(122), "witness": plan.port(123)}
+        instances = [f"--instance={name}={HOST}:{port}" for name, port in ports.items()]
+        witness = Child(
+            "db",
+            "witness",
+            python(
+                "foobar.db",
+                "witness",
+                f"--state-dir={state / 'witness'}",
+                f"--admin={HOST}:{admins['witness']}",
+                f"--admin-token-file={admin_token(plan).resolve()}",
+                *instances,
+            ),
+            "-",
+            HostPort(HOST, admins["witness"]),
+            None,
+        )
+        await self.start_child(witness)
+        config = agents_config(state, ports)
+        print(f"starting the database (db1 :{ports['db1']}, db2 :{ports['db2']}) ...", flush=True)
+        agents = []
+        for name, other in (("db1", "db2"), ("db2", "db1")):
+            agent = Child(
+                "db",
+                name,
+                python(
+                    "foobar.db",
+                    "serve",
+                    f"--config={config}",
+                    f"--agent={name}",
+                    f"--state-dir={state / name}",
+                    f"--admin={HOST}:{admins[name]}",
+                    f"--admin-token-file={admin_token(plan).resolve()}",
+                    f"--peer={other}={HOST}:{admins[other]}",
+                    f"--witness={HOST}:{admins['witness']}",
+                ),
+                f"{HOST}:{ports[name]}",
+                HostPort(HOST, admins[name]),
+                None,
+                env=passwords,
+            )
+            await self.start_child(agent)
+            agents.append(agent)
+        await self.wait_ready(agents[0], "db1 primary, db2 replicating with semi-sync")
+        return passwords
+
     async def start(self) -> None:
         plan = self.plan
         state = plan.state_dir.resolve()
-        db = Child(
-            "db",
-            "db",
-            python(
-                "foobar.db",
-                "serve",
-                "--state-dir",
-                str(state / "db"),
-                "--bind-host",
-                HOST,
-                "--primary-port",
-                str(plan.port(21)),
-                "--replica-port",
-                str(plan.port(22)),
-                "--admin",
-                f"{HOST}:{plan.port(121)}",
-                "--admin-token-file",
-                str(admin_token(plan).resolve()),
-            ),
-            f"{HOST}:{plan.port(21)}/{plan.port(22)}",
-            HostPort(HOST, plan.port(121)),
-            None,
-        )
-        print(
-            f"starting the database (primary :{plan.port(21)}, replica :{plan.port(22)}) ...",
-            flush=True,
-        )
-        await self.start_child(db)
-        await self.wait_ready(db, "primary and replica replicating")
-
-        password = json.loads((state / "db" / "secrets.json").read_text())["app_password"]
+        dbs = await self.start_database(state / "db")
         dsn = "mysql://foobar:{password}@{host}:{port}/foobar"
         # The URLs hold the password: they go by environment, which only the process's
         # own user can read (/proc/PID/environ is 0400), never on the command line.
         database = {
-            "FOOBAR_APP_PRIMARY": dsn.format(password=password, host=HOST, port=plan.port(21)),
-            "FOOBAR_APP_REPLICAS": json.dumps(
-                [dsn.format(password=password, host=HOST, port=plan.port(22))]
-            ),
+            "FOOBAR_APP_DATABASES": json.dumps(
+                [
+                    dsn.format(password=dbs["FOOBAR_DB_APP_PASSWORD"], host=HOST, port=port)
+                    for port in (plan.port(21), plan.port(22))
+                ]
+            )
         }
         apps = [await self.start_tier("app", i, 11, env=database) for i in range(plan.apps)]
         for app in apps:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiomysql
+import httpx
 
 from foobar.db.replication import Node
 from foobar.db.settings import DbSettings, InstanceSettings
@@ -118,3 +122,163 @@ async def running_cluster(settings: DbSettings) -> AsyncIterator[Cluster]:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await supervisor.stop()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_PASSWORD = "app-password-for-tests"
+REPLICATION_PASSWORD = "replication-password-for-tests"
+
+
+class AgentCluster:
+    """Two agents (`serve --agent`) and a witness, each its own process on loopback, as
+    on three hosts: what failover tests kill, freeze and restart."""
+
+    def __init__(self, base: Path, failover_after: float = 1.0, interval: float = 0.2) -> None:
+        self.base = base
+        self.failover_after = failover_after
+        self.interval = interval
+        self.ports = {"primary": free_port(), "replica": free_port()}
+        self.admins = {"primary": free_port(), "replica": free_port(), "witness": free_port()}
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.logs = base / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def admin(self, name: str) -> str:
+        return f"127.0.0.1:{self.admins[name]}"
+
+    def dsn(self, name: str) -> str:
+        return f"mysql://foobar:{APP_PASSWORD}@127.0.0.1:{self.ports[name]}/foobar"
+
+    def agent_args(self, name: str, *extra: str) -> list[str]:
+        other = "replica" if name == "primary" else "primary"
+        return [
+            "serve",
+            "--agent",
+            name,
+            "--state-dir",
+            str(self.base / name),
+            "--primary-port",
+            str(self.ports["primary"]),
+            "--replica-port",
+            str(self.ports["replica"]),
+            "--admin",
+            self.admin(name),
+            "--peer",
+            f"{other}={self.admin(other)}",
+            "--witness",
+            self.admin("witness"),
+            "--failover-after",
+            str(self.failover_after),
+            *extra,
+        ]
+
+    def witness_args(self) -> list[str]:
+        return [
+            "witness",
+            "--state-dir",
+            str(self.base / "witness"),
+            "--admin",
+            self.admin("witness"),
+            "--instance",
+            f"primary=127.0.0.1:{self.ports['primary']}",
+            "--instance",
+            f"replica=127.0.0.1:{self.ports['replica']}",
+            "--failover-after",
+            str(self.failover_after),
+            "--check-interval",
+            str(self.interval),
+        ]
+
+    async def start(self, name: str, *extra: str) -> None:
+        args = self.witness_args() if name == "witness" else self.agent_args(name, *extra)
+        environment = {
+            **os.environ,
+            "FOOBAR_DB_APP_PASSWORD": APP_PASSWORD,
+            "FOOBAR_DB_REPLICATION_PASSWORD": REPLICATION_PASSWORD,
+            "FOOBAR_DB_CHECK_INTERVAL": str(self.interval),
+            "FOOBAR_DB_INNODB_BUFFER_POOL_SIZE": "32M",
+        }
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.processes[name] = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "foobar.db",
+                *args,
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=log,
+            )
+
+    async def status(self, name: str) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(f"http://{self.admin(name)}/status")
+            return dict(response.json())
+
+    async def until(
+        self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Poll `name`'s /status until `check` holds; its status then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: Any = None
+        while loop.time() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                last = await self.status(name)
+                if check(last):
+                    return last
+            await asyncio.sleep(0.1)
+        tail = (self.logs / f"{name}.log").read_text()[-3000:]
+        raise AssertionError(f"{name} never got there; last status {last}\n{tail}")
+
+    async def server_pid(self, name: str) -> int:
+        status = await self.status(name)
+        pid = status["instances"][0]["pid"]
+        assert isinstance(pid, int)
+        return pid
+
+    def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    async def stop(self, name: str) -> None:
+        process = self.processes.get(name)
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def stop_all(self) -> None:
+        for name in ("primary", "replica", "witness"):
+            await self.stop(name)
+        # servers whose agent was killed: by the pid files they wrote, never by name
+        for name in ("primary", "replica"):
+            pid_file = self.base / name / name / "mysqld.pid"
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if str(self.base).encode() in command:  # still ours, not a reused pid
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def running_agents(base: Path, failover_after: float = 1.0) -> AsyncIterator[AgentCluster]:
+    cluster = AgentCluster(base, failover_after)
+    try:
+        await cluster.start("witness")
+        await cluster.start("primary")
+        await cluster.start("replica")
+        # ready: the primary writable in epoch 1 with semi-sync back on (not degraded)
+        await cluster.until(
+            "primary", lambda s: s["healthy"] and not s["epoch"]["degraded"], timeout=90
+        )
+        yield cluster
+    finally:
+        await cluster.stop_all()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def pids_of(state: Path) -> list[int]:
-    pids = [int(p.read_text()) for p in state.glob("db/*/mysqld.pid")]
+    pids = [int(p.read_text()) for p in state.glob("db/**/mysqld.pid")]
     return pids
 
 
@@ -80,7 +80,7 @@ async def test_up_serves_the_site_and_ctrl_c_leaves_nothing(tmp_path: Path) -> N
             for line in table.decode().splitlines()
             if line.split()[:1] in (["db"], ["app"], ["web"], ["lb"])
         ]
-        assert len(children) == 4
+        assert len(children) == 6  # witness, two database agents, app, web, lb
         async with httpx.AsyncClient(verify=False, timeout=10) as client:
             moved = await client.get(f"http://127.0.0.1:{base}/")
             assert moved.status_code == 301
@@ -128,7 +128,7 @@ async def test_up_serves_the_site_and_ctrl_c_leaves_nothing(tmp_path: Path) -> N
         rest = await asyncio.wait_for(process.stdout.read(), 90)
         code = await process.wait()
     assert code == 0, rest.decode()
-    assert b"stopped db db" in rest
+    assert b"stopped db db1" in rest and b"stopped db witness" in rest
     for pid in children + mysqld:
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} left behind"
     # state is kept for the next start

@@ -1,5 +1,5 @@
-"""python -m foobar.app --bind HOST:PORT --primary DSN [--replica DSN ...]
---admin HOST:PORT --name NODE"""
+"""python -m foobar.app --bind HOST:PORT --db DSN --db DSN ... --admin HOST:PORT --name NODE
+(or the older --primary DSN [--replica DSN ...]: followed the same way)"""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = new_parser(AppSettings, "the www.foobar.com application server")
     parser.add_argument("--bind", metavar="HOST:PORT")
     parser.add_argument("--name", help="this node's name, sent as X-Foobar-App")
+    parser.add_argument(
+        "--db",
+        dest="databases",
+        action="append",
+        metavar="mysql://USER:PASSWORD@HOST:PORT/DB",
+        help="a database server (repeat for each); the app finds the primary itself",
+    )
     parser.add_argument("--primary", metavar="mysql://USER:PASSWORD@HOST:PORT/DB")
     parser.add_argument(
         "--replica", dest="replicas", action="append", metavar="mysql://USER:PASSWORD@HOST:PORT/DB"

@@ -3,6 +3,15 @@
     post, gtid = await router.write(insert_post)          # on the primary; its GTID
     page, node = await router.read(list_posts, gtid)      # a replica, or the primary
 
+Which server is the primary is found, not configured: every `health_interval` the router
+reads each server's `read_only` and the epoch its foobar.db agent left in
+`foobar_ha.epoch`; the primary is the one writable server holding the highest epoch any
+reachable server holds. So the app follows a switchover or a failover by itself, and a
+former primary that is still writable (frozen, then resumed, before its agent fenced it)
+is never written to: its epoch is older. While there is no such server, writes fail at
+once with 503 and Retry-After. A write refused as read-only, or a primary lost, checks
+again at once.
+
 A unit of work is an `async def work(cursor)`; the router picks the server, runs it under
 `query_timeout`, and counts it. Reads go to a usable replica, round-robin. A replica is
 usable while it answers, both replication threads run and it lags at most
@@ -102,18 +111,28 @@ class Metrics:
         )
 
 
-class DbNode:
-    """One database server and its pool."""
+# MySQL error codes for "no such table" (1146) and "no access to it" (1142): a server
+# that no foobar.db agent manages carries no epoch, which counts as epoch 0.
+NO_EPOCH = frozenset({1142, 1146})
+EPOCH_QUERY = "SELECT epoch FROM foobar_ha.epoch WHERE id = 1"
 
-    def __init__(self, name: str, role: str, dsn: Dsn, settings: AppSettings) -> None:
+
+class DbNode:
+    """One database server, its pool, and what the last check saw of it."""
+
+    def __init__(self, name: str, dsn: Dsn, settings: AppSettings) -> None:
         self.name = name
-        self.role = role  # "primary" or "replica": what X-Foobar-DB says
+        self.role = "replica"  # "primary" or "replica": what X-Foobar-DB says
         self.dsn = dsn
         self.settings = settings
         self.pool: aiomysql.Pool | None = None
         self.usable = False
         self.reason = "not checked yet"
         self.mariadb = True
+        self.reachable = False
+        self.read_only = True
+        self.epoch = 0
+        self.replication: dict[str, Any] | None = None  # SHOW SLAVE STATUS, if any
 
     async def start(self) -> None:
         self.pool = await aiomysql.create_pool(
@@ -169,6 +188,8 @@ class DbNode:
         return {
             "name": self.name,
             "role": self.role,
+            "epoch": self.epoch,
+            "read_only": self.read_only,
             "address": f"{self.dsn.host}:{self.dsn.port}",
             "usable": self.usable,
             "reason": self.reason,
@@ -195,13 +216,12 @@ class Router:
     def __init__(self, settings: AppSettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.metrics = Metrics(registry)
-        self.primary = DbNode("primary", "primary", settings.primary, settings)
-        self.replicas = [
-            DbNode("replica" if i == 0 else f"replica{i + 1}", "replica", dsn, settings)
-            for i, dsn in enumerate(settings.replicas)
-        ]
+        self.nodes = [DbNode(name, dsn, settings) for name, dsn in settings.database_nodes()]
+        self.primary: DbNode | None = None
+        self.no_primary = "not checked yet"  # why there is no primary, when there is none
         self._turn = itertools.count()
         self._health: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[None] | None = None
         for node in self.nodes:
             for state, value in (("in_use", self._in_use), ("idle", self._idle)):
                 self.metrics.pool.labels(node.name, state).set_function(
@@ -217,8 +237,8 @@ class Router:
         return float(node.pool.freesize) if node.pool else 0.0
 
     @property
-    def nodes(self) -> list[DbNode]:
-        return [self.primary, *self.replicas]
+    def replicas(self) -> list[DbNode]:
+        return [node for node in self.nodes if node is not self.primary]
 
     @property
     def retry_after(self) -> int:
@@ -231,10 +251,11 @@ class Router:
         self._health = asyncio.create_task(self._watch())
 
     async def close(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
+        for task in (self._health, self._recheck):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for node in self.nodes:
             await node.close()
 
@@ -245,34 +266,84 @@ class Router:
             await asyncio.sleep(self.settings.health_interval)
             await self.check()
 
-    async def check(self) -> None:
-        # the primary first: whether it is up decides what a reconnecting replica is worth
-        await self._check(self.primary)
-        await asyncio.gather(*(self._check(node) for node in self.replicas))
+    def check_soon(self) -> None:
+        """Look for the primary again now, not at the next interval (a write was refused
+        as read-only, or the primary vanished)."""
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.create_task(self.check())
 
-    async def _check(self, node: DbNode) -> None:
-        row: dict[str, Any] | None = None
+    async def check(self) -> None:
+        await asyncio.gather(*(self._probe(node) for node in self.nodes))
+        self._elect()
+        for node in self.nodes:
+            if node is self.primary:
+                usable, reason = True, f"primary in epoch {node.epoch}"
+            elif not node.reachable:
+                usable, reason = False, node.reason
+            elif not node.read_only:
+                usable, reason = False, f"writable but in epoch {node.epoch}, not the current one"
+            else:
+                usable, reason = self._replication_state(node.replication)
+            node.role = "primary" if node is self.primary else "replica"
+            node.mark(usable, reason)
+            self.metrics.usable.labels(node.name).set(usable)
+
+    async def _probe(self, node: DbNode) -> None:
         try:
             async with (
                 asyncio.timeout(self.settings.query_timeout),
                 node.connection() as conn,
                 conn.cursor(aiomysql.DictCursor) as cursor,
             ):
-                await cursor.execute("SELECT VERSION() AS version")
-                node.mariadb = "mariadb" in (await cursor.fetchone())["version"].lower()
-                if node.role == "replica":
+                await cursor.execute("SELECT VERSION() AS version, @@GLOBAL.read_only AS ro")
+                row = await cursor.fetchone()
+                node.mariadb = "mariadb" in row["version"].lower()
+                node.read_only = bool(row["ro"])
+                try:
+                    await cursor.execute(EPOCH_QUERY)
+                    marker = await cursor.fetchone()
+                    node.epoch = int(marker["epoch"]) if marker else 0
+                except pymysql.err.MySQLError as exc:
+                    if exc.args[0] not in NO_EPOCH:
+                        raise
+                    node.epoch = 0
+                node.replication = None
+                if node.read_only:
                     await cursor.execute(
                         "SHOW SLAVE STATUS" if node.mariadb else "SHOW REPLICA STATUS"
                     )
-                    row = await cursor.fetchone()
+                    node.replication = await cursor.fetchone()
         except Exception as exc:
-            usable, reason = False, f"unreachable: {error_text(exc)}"
+            node.reachable, node.reason = False, f"unreachable: {error_text(exc)}"
         else:
-            usable, reason = (
-                (True, "answers") if node.role == "primary" else self._replication_state(row)
+            node.reachable = True
+
+    def _elect(self) -> None:
+        """The primary: the one writable server in the highest epoch a reachable server
+        holds. None when there is no such server, or (never by design) two."""
+        reachable = [node for node in self.nodes if node.reachable]
+        current = max((node.epoch for node in reachable), default=0)
+        writable = [node for node in reachable if not node.read_only and node.epoch == current]
+        previous = self.primary
+        if len(writable) == 1:
+            self.primary = writable[0]
+        else:
+            self.primary = None
+            if writable:
+                self.no_primary = (
+                    f"{' and '.join(node.name for node in writable)} are all writable in "
+                    f"epoch {current}: no writes until one is fenced"
+                )
+                log.error("event=two_primaries epoch=%d reason=%r", current, self.no_primary)
+            else:
+                self.no_primary = f"no writable server in epoch {current}"
+        if self.primary is not previous:
+            log.warning(
+                "event=primary_changed primary=%s epoch=%d previous=%s",
+                self.primary.name if self.primary else None,
+                current,
+                previous.name if previous else None,
             )
-        node.mark(usable, reason)
-        self.metrics.usable.labels(node.name).set(usable)
 
     def _replication_state(self, row: dict[str, Any] | None) -> tuple[bool, str]:
         if row is None:
@@ -283,7 +354,7 @@ class Router:
         if sql != "Yes":
             return False, f"replication stopped (io={io} sql={sql})"
         if io != "Yes":
-            if not self.primary.usable:
+            if self.primary is None:
                 # The primary is gone: what the replica has is all there is, and with
                 # semi-sync every acknowledged write is in it. Stale reads beat none.
                 return True, f"primary unreachable, serving what it has (io={io})"
@@ -316,6 +387,8 @@ class Router:
             if unavailable(exc):
                 node.mark(False, error_text(exc))
                 self.metrics.usable.labels(node.name).set(0)
+                if node is self.primary:
+                    self.check_soon()
             raise
         self.metrics.queries.values[(node.name, "ok")] += 1
         return result
@@ -324,6 +397,8 @@ class Router:
         """Run `work` on the primary; returns its result and the GTID it wrote (None when
         it wrote nothing)."""
         primary = self.primary
+        if primary is None:
+            raise DatabaseUnavailable(f"no primary: {self.no_primary}", self.retry_after)
         if not primary.usable:
             raise DatabaseUnavailable(f"primary unavailable: {primary.reason}", self.retry_after)
 
@@ -339,12 +414,12 @@ class Router:
             gtid = (await cursor.fetchone())["gtid"]
             return result, gtid or None
 
-        return await self._on_primary(with_gtid)
+        return await self._on_primary(primary, with_gtid)
 
-    async def _on_primary(self, work: Work[T]) -> T:
+    async def _on_primary(self, primary: DbNode, work: Work[T]) -> T:
         """Run `work` on the primary; a primary that cannot take it is a 503 for the client."""
         try:
-            return await self._run(self.primary, work)
+            return await self._run(primary, work)
         except Exception as exc:
             if unavailable(exc):
                 raise DatabaseUnavailable(
@@ -353,7 +428,7 @@ class Router:
             raise
 
     def _pick_replica(self) -> DbNode | None:
-        usable = [node for node in self.replicas if node.usable]
+        usable = [node for node in self.nodes if node.usable and node is not self.primary]
         if not usable:
             return None
         return usable[next(self._turn) % len(usable)]
@@ -381,9 +456,10 @@ class Router:
                 )
                 reason = "replica_error"
         self.metrics.fallbacks.labels(reason).inc()
-        if not self.primary.usable:
+        primary = self.primary
+        if primary is None or not primary.usable:
             raise DatabaseUnavailable("no database node can serve this read", self.retry_after)
-        return await self._on_primary(work), self.primary
+        return await self._on_primary(primary, work), primary
 
     async def _wait_for(self, replica: DbNode, gtid: str) -> bool:
         timeout = self.settings.gtid_wait_timeout

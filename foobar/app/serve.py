@@ -13,7 +13,7 @@ from foobar import logs
 from foobar.admin import Admin
 from foobar.app import schema
 from foobar.app.dbrouter import Router, error_text
-from foobar.app.errors import SchemaError
+from foobar.app.errors import DatabaseUnavailable, SchemaError
 from foobar.app.routes import App
 from foobar.app.settings import AppSettings
 from foobar.http.server import Server, ServerConfig
@@ -51,6 +51,8 @@ class AppServer:
         return {
             "name": self.settings.name,
             "bind": str(self.settings.bind),
+            "primary": self.router.primary.name if self.router.primary else None,
+            "no_primary": None if self.router.primary else self.router.no_primary,
             "nodes": [node.describe() for node in self.router.nodes],
         }
 
@@ -62,11 +64,11 @@ class AppServer:
             await self.admin.start(self.settings.admin)
         host, port = self.server.address
         log.info(
-            "event=listening name=%s address=%s:%d primary=%s",
+            "event=listening name=%s address=%s:%d databases=%s",
             self.settings.name,
             host,
             port,
-            self.settings.primary,
+            ",".join(f"{name}={dsn}" for name, dsn in self.settings.database_nodes()),
         )
 
     async def migrate(self) -> None:
@@ -74,7 +76,10 @@ class AppServer:
         deadline = loop.time() + SCHEMA_WAIT
         while True:
             try:
-                async with self.router.primary.connection() as connection:
+                primary = self.router.primary
+                if primary is None:
+                    raise DatabaseUnavailable(self.router.no_primary, self.router.retry_after)
+                async with primary.connection() as connection:
                     version = await schema.migrate(connection)
                 log.info("event=schema version=%d", version)
                 return
@@ -85,6 +90,7 @@ class AppServer:
                     ) from exc
                 log.info("event=waiting_for_primary reason=%r", error_text(exc))
                 await asyncio.sleep(1.0)
+                await self.router.check()
 
     async def stop(self) -> None:
         await self.server.shutdown()

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import socket
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    model_validator,
+)
 
 from foobar.settings import Address, HostPort, RoleSettings
 
@@ -57,7 +65,11 @@ class AppSettings(RoleSettings):
 
     bind: Address = HostPort("127.0.0.1", 8000)
     name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    primary: DatabaseUrl
+    # Every database server (`--db`, repeated): the app finds the primary itself, the
+    # writable one with the current epoch, and follows it when it changes.
+    databases: list[DatabaseUrl] = []
+    # The older form: the first primary and its replicas, which the app follows the same way.
+    primary: DatabaseUrl | None = None
     replicas: list[DatabaseUrl] = []
 
     pool_size: int = Field(default=10, ge=1, le=1000)
@@ -73,3 +85,21 @@ class AppSettings(RoleSettings):
     health_interval: float = Field(default=1.0, gt=0)
     # The board's requests are small JSON; nginx's default client_max_body_size is 1 MiB.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _some_database(self) -> Self:
+        if self.databases and (self.primary or self.replicas):
+            raise ValueError("give the databases either as databases (--db) or as primary/replicas")
+        if not self.databases and self.primary is None:
+            raise ValueError("no database: give --db URL (each server) or --primary URL")
+        return self
+
+    def database_nodes(self) -> list[tuple[str, Dsn]]:
+        """Each server with the name it has in logs and metrics."""
+        if self.databases:
+            return [(f"db{n}", dsn) for n, dsn in enumerate(self.databases, 1)]
+        assert self.primary is not None
+        replicas = [
+            ("replica" if n == 0 else f"replica{n + 1}", dsn) for n, dsn in enumerate(self.replicas)
+        ]
+        return [("primary", self.primary), *replicas]

@@ -1,6 +1,8 @@
-"""python -m foobar.db serve | init | status | promote
+"""python -m foobar.db serve | witness | init | status | promote
 
-serve    set up the cluster (managed: start the servers) and watch it until SIGTERM
+serve    set up the cluster (managed: start the servers) and watch it until SIGTERM;
+         with --agent NAME, run only that instance and fail over with its peer
+witness  the third vote for agents on two hosts                  --admin HOST:PORT
 init     only prepare the data directories
 status   print the cluster's state (exit 1 when unhealthy)       --admin HOST:PORT
 promote  planned switchover to a replica                         --admin HOST:PORT [--to NAME]
@@ -18,10 +20,10 @@ from pathlib import Path
 import uvloop
 
 from foobar import logs
-from foobar.db import cli
+from foobar.db import cli, witness
 from foobar.db.errors import DbError
 from foobar.db.serve import run
-from foobar.db.settings import DbSettings
+from foobar.db.settings import DbSettings, WitnessSettings
 from foobar.db.supervisor import Supervisor
 from foobar.settings import (
     HostPort,
@@ -31,7 +33,7 @@ from foobar.settings import (
     read_token_file,
 )
 
-COMMANDS = ("serve", "init", "status", "promote")
+COMMANDS = ("serve", "witness", "init", "status", "promote")
 
 
 def settings_parser(command: str) -> argparse.ArgumentParser:
@@ -44,6 +46,27 @@ def settings_parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--bind-host", dest="bind_host")
     parser.add_argument("--primary-port", dest="primary_port", type=int)
     parser.add_argument("--replica-port", dest="replica_port", type=int)
+    parser.add_argument("--agent", help="agent mode: the one instance this host runs")
+    parser.add_argument(
+        "--peer", dest="peers", action="append", metavar="NAME=HOST:PORT", help="another agent"
+    )
+    parser.add_argument("--witness", metavar="HOST:PORT", help="the witness's admin listener")
+    parser.add_argument("--cluster-name", dest="cluster_name")
+    parser.add_argument("--failover-after", dest="failover_after", type=float)
+    parser.add_argument(
+        "--no-auto-failover", dest="auto_failover", action="store_false", help="never fail over"
+    )
+    return parser
+
+
+def witness_parser() -> argparse.ArgumentParser:
+    parser = new_parser(WitnessSettings, "foobar.db witness")
+    parser.prog = "python -m foobar.db witness"
+    parser.add_argument("--state-dir", dest="state_dir", help="where the epoch is kept")
+    parser.add_argument("--instance", dest="instances", action="append", metavar="NAME=HOST:PORT")
+    parser.add_argument("--cluster-name", dest="cluster_name")
+    parser.add_argument("--failover-after", dest="failover_after", type=float)
+    parser.add_argument("--check-interval", dest="check_interval", type=float)
     return parser
 
 
@@ -86,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as exc:
                 parser.error(str(exc))
         return uvloop.run(cli.promote(options.admin, options.to, token))
+    if command == "witness":
+        witness_settings = from_command_line(WitnessSettings, witness_parser(), rest)
+        logs.setup(witness_settings.log_level)
+        return uvloop.run(witness.run(witness_settings))
     settings = from_command_line(DbSettings, settings_parser(command), rest)
     logs.setup(settings.log_level)
     try:

@@ -71,11 +71,31 @@ def table(status: dict[str, Any]) -> str:
         for row in rows
     ]
     lines.append("")
+    lines.extend(epoch_lines(status))
     lines.append(f"{'healthy' if status['healthy'] else 'UNHEALTHY'}: {status['reason']}")
     for instance in status["instances"]:
         if instance["error"]:
             lines.append(f"{instance['name']}: {instance['error']}")
     return "\n".join(lines)
+
+
+def epoch_lines(status: dict[str, Any]) -> list[str]:
+    """Who is primary by which decision: the epoch, replication mode, last failover,
+    and any errant transactions (an agent's status has them all)."""
+    epoch = status.get("epoch")
+    if not epoch:
+        return []
+    mode = "ASYNC (degraded)" if epoch["degraded"] else "semi-sync"
+    lines = [f"epoch {epoch['epoch']}: primary {epoch['primary']}, {mode}"]
+    last = status.get("last_failover")
+    if last:
+        took = f", took {last['took']:.2f}s" if last.get("took") is not None else ""
+        lines.append(
+            f"last change: epoch {last['epoch']} -> {last['primary']}: {last['reason']}{took}"
+        )
+    if status.get("errant"):
+        lines.append(f"ERRANT transactions (kept out of service): {', '.join(status['errant'])}")
+    return lines
 
 
 async def status(admin: HostPort) -> int:

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,10 @@ class ManagedInstance:
         program: ServerProgram,
         semi_sync_timeout: float,
         buffer_pool: str,
+        extra_options: Sequence[str] = (),
     ) -> None:
         self.spec = spec
+        self.extra_options = list(extra_options)
         self.directory = directory.resolve()
         self.program = program
         self.semi_sync_timeout = semi_sync_timeout
@@ -160,6 +163,7 @@ class ManagedInstance:
                 "--skip-test-db",
                 f"--tmpdir={self.directory}",
                 f"--user={self.os_user}",
+                f"--tmpdir={self.directory}",
                 f"--innodb-buffer-pool-size={self.buffer_pool}",
             ]
         else:
@@ -183,8 +187,10 @@ class ManagedInstance:
         )
         output, _ = await process.communicate()
         if process.returncode != 0:
-            tail = output.decode(errors="replace").strip().splitlines()[-5:]
-            raise DbError(f"initialising {self.datadir} failed: {' / '.join(tail)}")
+            lines = output.decode(errors="replace").strip().splitlines()
+            # mariadb-install-db ends with advice; the reason is in its [ERROR] lines
+            tail = [line for line in lines if "ERROR" in line or "failed" in line] or lines
+            raise DbError(f"initialising {self.datadir} failed: {' / '.join(tail[-5:])}")
         return True
 
     def command(self, primary: bool) -> list[str]:
@@ -211,14 +217,21 @@ class ManagedInstance:
             # the local stack runs several servers: none should take all file handles
             "--open-files-limit=4096",
             *self.program.dialect.server_options(int(self.semi_sync_timeout * 1000), primary),
+            # Fencing: every start is read-only; only whoever holds the current epoch
+            # (the supervisor, or the primary's agent) lifts it.
+            f"--{self.program.dialect.read_only_variable.replace('_', '-')}=ON",
+            *self.extra_options,
         ]
-        if not primary:
-            options.append(f"--{self.program.dialect.read_only_variable.replace('_', '-')}=ON")
+        if self.program.dialect is MARIADB:
+            # After a crash, a former primary that restarts as a replica drops from its
+            # binlog the transactions no replica acknowledged (they were never reported
+            # as committed) instead of keeping them as errant ones (MDEV-21117).
+            options.append(f"--init-rpl-role={'MASTER' if primary else 'SLAVE'}")
         return options
 
     async def start(self, primary: bool) -> None:
-        """Start the server, read-only unless it is the primary, and wait until it
-        answers on its socket."""
+        """Start the server (read-only, whatever its role) and wait until it answers on
+        its socket."""
         if self.running:
             return
         self.check_port()
@@ -270,6 +283,33 @@ class ManagedInstance:
             return "(no error log)"
         errors = [line for line in text if "[ERROR]" in line] or text
         return " / ".join(errors[-lines:])
+
+    def leftover_pid(self) -> int | None:
+        """The pid of a server still running on this data directory, if any."""
+        try:
+            pid = int((self.directory / "mysqld.pid").read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        # gone, or the pid now belongs to something else
+        return pid if f"--datadir={self.datadir}".encode() in command else None
+
+    async def stop_leftover(self) -> None:
+        """Stop a server a previous foobar.db process started on this data directory and
+        left running when it died (kill -9): it may be writable, and its successor starts
+        every server read-only. Identified by its pid file and its command line."""
+        pid = self.leftover_pid()
+        if pid is None:
+            return
+        log.warning("event=leftover_server instance=%s pid=%d action=stop", self.name, pid)
+        os.kill(pid, signal.SIGCONT)  # a frozen one cannot act on SIGTERM
+        os.kill(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_TIMEOUT
+        while self.leftover_pid() == pid:
+            if loop.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """SIGTERM, then wait for a clean shutdown; SIGKILL only past STOP_TIMEOUT."""

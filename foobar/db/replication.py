@@ -206,6 +206,8 @@ async def ensure_app_account(primary: Node, schema: str, user: str, password: st
         f"CREATE DATABASE IF NOT EXISTS `{schema}`",
         *_account(user, password, APP_PRIVILEGES, f"`{schema}`.*"),
         f"GRANT {dialect.monitor_privilege} ON *.* TO {quote(user)}@'%'",
+        # to find the primary: each server's epoch (see write_epoch_marker)
+        f"GRANT SELECT ON `{EPOCH_SCHEMA}`.* TO {quote(user)}@'%'",
     )
 
 
@@ -281,3 +283,85 @@ async def switchover(
     for other in others:
         await attach(other, new.spec, user, password)
     return position
+
+
+# The epoch each server carries, for the application: it connects with its own account
+# only, so the agents leave the current epoch where that account can read it. Written
+# outside the binlog, on every server by its own agent: it is each server's own view,
+# never replicated (and never an errant transaction).
+EPOCH_SCHEMA = "foobar_ha"
+EPOCH_TABLE = f"{EPOCH_SCHEMA}.epoch"
+
+
+async def write_epoch_marker(node: Node, epoch: int, primary: str) -> None:
+    await node.execute(
+        "SET SESSION sql_log_bin=0",
+        f"CREATE DATABASE IF NOT EXISTS {EPOCH_SCHEMA}",
+        f"CREATE TABLE IF NOT EXISTS {EPOCH_TABLE} (id TINYINT PRIMARY KEY,"
+        " epoch BIGINT UNSIGNED NOT NULL, primary_name VARCHAR(32) NOT NULL)",
+    )
+    await node.query(f"REPLACE INTO {EPOCH_TABLE} VALUES (1, %s, %s)", (epoch, primary))
+    await node.execute("SET SESSION sql_log_bin=1")
+
+
+def parse_gtids(text: str) -> dict[tuple[int, int], int]:
+    """MariaDB's `domain-server-seq,...` as {(domain, server): seq}."""
+    result: dict[tuple[int, int], int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        domain, server, seq = (int(number) for number in item.split("-"))
+        result[(domain, server)] = max(seq, result.get((domain, server), 0))
+    return result
+
+
+def errant_gtids(binlog_state: str, server_id: int, start: str) -> list[str]:
+    """The transactions a former primary (`server_id`) wrote that the next primary, which
+    started from GTID position `start`, does not have: with gtid_strict_mode every
+    domain's sequence only grows, so they are exactly this server's own GTIDs past the
+    start position of their domain. Named as ranges, e.g. `0-1-101..0-1-103`."""
+    started = {domain: seq for (domain, _), seq in parse_gtids(start).items()}
+    errant = []
+    for (domain, server), seq in sorted(parse_gtids(binlog_state).items()):
+        first = started.get(domain, 0) + 1
+        if server == server_id and seq >= first:
+            last = f"{domain}-{server}-{seq}"
+            errant.append(last if seq == first else f"{domain}-{server}-{first}..{last}")
+    return errant
+
+
+async def apply_relay_log(node: Node, timeout: float) -> str:
+    """Stop fetching from the (lost) primary and apply everything already fetched; the
+    GTID position reached. A DbError when the SQL thread cannot get there."""
+    dialect = await node.sql()
+    await node.execute("STOP SLAVE IO_THREAD")
+    rows = await node.query(dialect.replica_status)
+    if not rows:
+        raise DbError(f"{node.name} is not a replica: nothing to apply")
+    received = str(rows[0].get("Gtid_IO_Pos") or "")
+    if rows[0][dialect.columns.sql_running] != "Yes":
+        error = rows[0][dialect.columns.last_sql_error] or "stopped"
+        raise DbError(f"{node.name}'s relay log cannot be applied: {error}")
+    if received:
+        sql, args = dialect.gtid_wait(received, timeout)
+        if await node.value(sql, args) != 0:
+            raise DbError(f"{node.name} did not apply its relay log up to {received} in {timeout}s")
+    return str(await node.value(f"SELECT @@GLOBAL.{dialect.gtid_variable}"))
+
+
+async def end_client_sessions(node: Node) -> int:
+    """Disconnect every client of a server being fenced. A session waiting for a
+    semi-sync acknowledgement that will never come (its replica was promoted) would
+    otherwise block `SET GLOBAL read_only` forever; disconnected, its client never hears
+    "committed", so nothing it was told is lost. Returns how many were ended."""
+    rows = await node.query(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
+        " AND USER NOT IN ('system user', 'event_scheduler')"
+        " AND COMMAND NOT IN ('Daemon', 'Binlog Dump', 'Slave_IO', 'Slave_SQL', 'Slave_worker')"
+    )
+    ended = 0
+    for row in rows:
+        try:
+            await node.query("KILL CONNECTION %s", (int(row["ID"]),))
+            ended += 1
+        except DbError:
+            continue  # it ended by itself meanwhile
+    return ended

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from foobar.admin import Admin, AdminGuard, json_response
+from foobar.db.agent import Agent
+from foobar.db.agent import admin_for as agent_admin
 from foobar.db.errors import DbError
 from foobar.db.settings import DbSettings
 from foobar.db.supervisor import Supervisor
@@ -42,20 +44,51 @@ def admin_for(supervisor: Supervisor, guard: AdminGuard) -> Admin:
     return Admin(health, status, supervisor.registry, {("POST", b"/promote"): promote}, guard=guard)
 
 
+class Served(Protocol):
+    """What `serve` runs: the single-host supervisor or one host's agent."""
+
+    async def start(self) -> None: ...
+    async def watch(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 async def run(settings: DbSettings) -> int:
+    if settings.agent is not None:
+        agent = Agent(settings)
+        return await serve(
+            settings,
+            agent,
+            agent_admin(agent, guard(settings)),
+            lambda: f"agent={agent.name} epoch={agent.state.epoch} primary={agent.primary}",
+        )
     supervisor = Supervisor(settings)
-    await supervisor.start()
-    admin = admin_for(supervisor, AdminGuard(settings.admin_secret(), settings.admin_names))
+
+    def serving() -> str:
+        healthy, reason = supervisor.health()
+        return f"primary={supervisor.primary} healthy={healthy} reason={reason!r}"
+
+    return await serve(settings, supervisor, admin_for(supervisor, guard(settings)), serving)
+
+
+def guard(settings: DbSettings) -> AdminGuard:
+    """Changes (promote, and the agents' epochs and take-overs) need the admin token."""
+    return AdminGuard(settings.admin_secret(), settings.admin_names)
+
+
+async def serve(
+    settings: DbSettings, served: Served, admin: Admin, describe: Callable[[], str]
+) -> int:
+    """Start, serve the admin listener, watch until SIGTERM/SIGINT, stop cleanly."""
+    await served.start()
     if settings.admin is not None:
         await admin.start(settings.admin)
-    healthy, reason = supervisor.health()
-    log.info("event=serving primary=%s healthy=%s reason=%r", supervisor.primary, healthy, reason)
-    watcher = asyncio.create_task(supervisor.watch())
+    log.info("event=serving %s", describe())
+    watcher = asyncio.create_task(served.watch())
     await until_stopped()
     log.info("event=stopping")
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await admin.shutdown()
-    await supervisor.stop()
+    await served.stop()
     return 0

@@ -11,20 +11,54 @@ With a file, `[[db.instances]]` lists them (any number of replicas).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
-from foobar.settings import RoleSettings
+from foobar.settings import Address, RoleSettings
 
 # MySQL's own rule for account names: up to 32 characters (MariaDB allows 80).
 ACCOUNT = r"^[A-Za-z0-9_]{1,32}$"
+NAME = r"^[a-z0-9_-]{1,32}$"
+# How long the primary waits for a replica's acknowledgement while a replica is expected:
+# MariaDB's maximum (about 49 days), i.e. never on its own. Only the majority's explicit
+# decision (a degrade) lets the primary go on without the replica.
+SEMI_SYNC_FOREVER_MS = 4294967295
+
+
+def name_to_address(value: object) -> object:
+    """`--instance NAME=HOST:PORT` flags (a list) into the table form."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        pairs = [item.partition("=") for item in value]
+        for name, sep, address in pairs:
+            if not sep or not name or not address:
+                raise ValueError(f"expected NAME=HOST:PORT, got {name}{sep}{address!r}")
+        return {name: address for name, _, address in pairs}
+    return value
+
+
+def peer_flags(value: object) -> object:
+    """`--peer NAME=HOST:PORT` flags into the list-of-tables form."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        table = name_to_address(value)
+        assert isinstance(table, dict)
+        return [{"name": name, "admin": admin} for name, admin in table.items()]
+    return value
+
+
+class PeerSettings(BaseModel):
+    """Another agent of the cluster: the instance it manages and its admin listener."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME)
+    admin: Address
 
 
 class InstanceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    name: str = Field(pattern=NAME)
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     server_id: int = Field(ge=1, le=4294967295)
@@ -65,6 +99,17 @@ class DbSettings(RoleSettings):
     server_binary: Path | None = None
     innodb_buffer_pool_size: str = "128M"
 
+    # Agent mode (one agent per database host): `agent` names the one instance this
+    # process manages; `peers` are the other agents, `witness` the third vote. Without
+    # `agent`, one process manages every instance (the single-host form).
+    cluster_name: str = Field(default="foobar", pattern=NAME)
+    agent: str | None = None
+    peers: Annotated[list[PeerSettings], BeforeValidator(peer_flags)] = []
+    witness: Address | None = None
+    auto_failover: bool = True
+    # how long the primary must have been silent, to a majority, before a failover
+    failover_after: float = Field(default=3.0, gt=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.mode == "external":
@@ -84,7 +129,31 @@ class DbSettings(RoleSettings):
             raise ValueError(f"initial_primary {self.initial_primary!r} is not an instance")
         if len(specs) < 2:
             raise ValueError("a cluster needs a primary and at least one replica")
+        if self.agent is not None:
+            self._agent_consistent({spec.name for spec in specs})
         return self
+
+    def _agent_consistent(self, names: set[str]) -> None:
+        if self.agent not in names:
+            raise ValueError(f"agent {self.agent!r} is not an instance")
+        if len(names) != 2:
+            raise ValueError("agent mode runs a primary and one replica (two instances)")
+        if self.mode != "managed":
+            raise ValueError("an agent manages its own instance: mode must be managed")
+        if self.witness is None:
+            raise ValueError("agent mode needs witness = HOST:PORT (the third vote)")
+        if self.app_password is None or self.replication_password is None:
+            raise ValueError(
+                "agent mode needs app_password and replication_password (the same on both "
+                "database hosts; FOOBAR_DB_APP_PASSWORD, FOOBAR_DB_REPLICATION_PASSWORD)"
+            )
+        peers = {peer.name for peer in self.peers}
+        if self.agent in peers:
+            raise ValueError(f"agent {self.agent!r} cannot be its own peer")
+        if peers != names - {self.agent}:
+            raise ValueError(
+                f"agent mode needs one peer per other instance: {sorted(names - {self.agent})}"
+            )
 
     def cluster(self) -> list[InstanceSettings]:
         """The instances, as listed or as made from the quick-start fields."""
@@ -98,3 +167,24 @@ class DbSettings(RoleSettings):
                 name="replica", host=self.bind_host, port=self.replica_port, server_id=2
             ),
         ]
+
+
+class WitnessSettings(RoleSettings):
+    """`python -m foobar.db witness`: the third vote, on a host without a database."""
+
+    role = "witness"
+
+    cluster_name: str = Field(default="foobar", pattern=NAME)
+    state_dir: Path = Path("var/witness")
+    # every database server of the cluster, by name: the witness checks each is alive
+    instances: Annotated[dict[str, Address], BeforeValidator(name_to_address)]
+    failover_after: float = Field(default=3.0, gt=0)
+    check_interval: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        if len(self.instances) < 2:
+            raise ValueError("instances must name the primary and at least one replica")
+        if self.admin is None:
+            raise ValueError("a witness is reached through its admin listener: set admin")
+        return self

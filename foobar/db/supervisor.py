@@ -17,11 +17,13 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from foobar.db.epoch import EpochFile
 from foobar.db.errors import DbError
 from foobar.db.instance import ManagedInstance, find_server
 from foobar.db.replication import (
@@ -32,6 +34,7 @@ from foobar.db.replication import (
     ensure_replication_account,
     read_status,
     switchover,
+    write_epoch_marker,
 )
 from foobar.db.settings import DbSettings
 from foobar.files import private_directory, tighten, write_private
@@ -135,6 +138,8 @@ class Supervisor:
         self.nodes: dict[str, Node] = {}
         self.statuses: dict[str, NodeStatus] = {}
         self.primary = self._load_topology()
+        self.epochs = EpochFile(settings.state_dir / "epoch.json")
+        self.epoch = self.epochs.load()
         self.app_password, self.replication_password = load_secrets(settings)
         self._lock = asyncio.Lock()  # a switchover and a watch round never interleave
         self._next_restart: dict[str, float] = {}
@@ -216,6 +221,10 @@ class Supervisor:
                     await self.instances[name].start(primary=name == self.primary)
             await self._configure()
             self._save_topology()
+            if self.epoch.primary != self.primary:
+                await self._next_epoch("first start")
+            else:
+                await self._mark_epoch()
             await self._wait_until_replicating()
         except BaseException:
             await self.stop()
@@ -229,9 +238,31 @@ class Supervisor:
             )
         for name in self.replicas:
             await self._attach(name)
+        await self._lift(self.primary)
         await ensure_app_account(
             self.nodes[self.primary], settings.app_schema, settings.app_user, self.app_password
         )
+
+    async def _lift(self, name: str) -> None:
+        """Every server starts read-only; the primary takes writes once we say so."""
+        node = self.nodes[name]
+        await node.execute(*(await node.sql()).set_read_only(False))
+
+    async def _next_epoch(self, reason: str) -> None:
+        """One process decides alone here (the single-host form): the epoch is kept so
+        that the application finds the primary the same way as with agents."""
+        position = await self.nodes[self.primary].value("SELECT @@GLOBAL.gtid_current_pos")
+        now = time.time()
+        # semi-sync with its timeout: this form has no majority to decide a degrade
+        self.epoch = self.epoch.next(self.primary, str(position), reason, now).with_degraded(
+            False, reason, now
+        )
+        self.epochs.store(self.epoch)
+        await self._mark_epoch()
+
+    async def _mark_epoch(self) -> None:
+        for node in self.nodes.values():
+            await write_epoch_marker(node, self.epoch.epoch, self.primary)
 
     async def _attach(self, name: str) -> None:
         await attach(
@@ -291,6 +322,8 @@ class Supervisor:
                 self.metrics.restarts.labels(name).inc()
                 if name != self.primary:
                     await self._attach(name)
+                else:
+                    await self._lift(name)
             except DbError as exc:
                 log.error(
                     "event=restart_failed instance=%s reason=%r retry_in=%.0fs",
@@ -343,6 +376,7 @@ class Supervisor:
         healthy, reason = self.health()
         return {
             "primary": self.primary,
+            "epoch": self.epoch.as_dict(),
             "healthy": healthy,
             "reason": reason,
             "instances": [
@@ -362,15 +396,24 @@ class Supervisor:
                 raise DbError(f"{new} is already the primary")
             old = self.primary
             others = [self.nodes[name] for name in self.replicas if name != new]
-            position = await switchover(
-                self.nodes[old],
-                self.nodes[new],
-                others,
-                self.settings.replication_user,
-                self.replication_password,
-            )
+            # The next epoch is on every server before the new primary takes a write, so
+            # the app never sees it writable in the old one.
+            for node in self.nodes.values():
+                await write_epoch_marker(node, self.epoch.epoch + 1, new)
+            try:
+                position = await switchover(
+                    self.nodes[old],
+                    self.nodes[new],
+                    others,
+                    self.settings.replication_user,
+                    self.replication_password,
+                )
+            except DbError:
+                await self._next_epoch(f"switchover to {new} failed, {old} kept")
+                raise
             self.primary = new
             self._save_topology()
+            await self._next_epoch(f"switchover from {old}")
             self.metrics.switchovers.inc()
             await self._wait_until_replicating()
         return {"primary": new, "previous": old, "gtid": position}

@@ -38,13 +38,14 @@ async def test_app_account_writes_on_primary_reads_on_replica(db_cluster: Cluste
         await db_cluster.app_query(primary, "SELECT user FROM mysql.user")
     assert denied.value.args[0] == 1142  # ER_TABLEACCESS_DENIED_ERROR
     databases = {row[0] for row in await db_cluster.app_query(primary, "SHOW DATABASES")}
-    assert databases == {"foobar", "information_schema"}
+    assert databases == {"foobar", "foobar_ha", "information_schema"}  # foobar_ha: read only
     grants = [row[0] for row in await db_cluster.app_query(primary, "SHOW GRANTS")]
     assert grants[0].startswith("GRANT SLAVE MONITOR ON *.* TO `foobar`@`%`")
     assert grants[1] == (
         "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, INDEX, ALTER ON `foobar`.* TO `foobar`@`%`"
     )
-    assert len(grants) == 2
+    assert grants[2] == "GRANT SELECT ON `foobar_ha`.* TO `foobar`@`%`"
+    assert len(grants) == 3
 
 
 async def test_root_is_not_reachable_over_tcp(db_cluster: Cluster) -> None:
@@ -190,7 +191,11 @@ async def test_external_mode_configures_and_watches_given_servers(
         f"CREATE USER 'dba'@'%' IDENTIFIED BY '{password}'",
         "GRANT ALL PRIVILEGES ON *.* TO 'dba'@'%' WITH GRANT OPTION",
     )
-    await db_cluster.wait_until(db_cluster.replica.name, "SELECT 1", 1)
+    replica = db_cluster.admin(db_cluster.replica.name)
+    for _ in range(100):  # the account reaches the replica through replication
+        if await replica.value("SELECT COUNT(*) FROM mysql.global_priv WHERE User = 'dba'"):
+            break
+        await asyncio.sleep(0.1)
     settings = DbSettings(
         mode="external",
         state_dir=tmp_path / "external",
