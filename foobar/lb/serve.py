@@ -20,6 +20,7 @@ from foobar.errors import ConfigError
 from foobar.lb import certs, stats
 from foobar.lb.balancer import Balancer
 from foobar.lb.settings import LbSettings
+from foobar.lb.vrrp import group as vrrp_metrics
 from foobar.lb.vrrp import handover
 from foobar.lb.vrrp.group import VrrpGroup
 from foobar.lb.workers import Workers, report_admin_port, worker_index
@@ -52,8 +53,8 @@ class LoadBalancer:
             if settings.vrrp is not None and speaks_vrrp
             else None
         )
-        if self.vrrp is not None:
-            self.registry.register(self.vrrp)
+        # without VRRP the families are declared all the same: the alerts name them
+        self.registry.register(self.vrrp if self.vrrp is not None else vrrp_metrics.Declared())
         self.admin = Admin(
             self.health,
             self.status,

@@ -142,7 +142,7 @@ class Collector:
         database: dict[str, Any] = {}
         for node in self.nodes:
             if node.target.role == "db":
-                database = self.database(node)
+                database = merged(database, self.database(node))
                 continue
             requests, errors = self.rates(node)
             nodes.append(
@@ -203,14 +203,27 @@ class Collector:
                     "epoch": instance.get("epoch", status.get("epoch")),
                 }
             )
+        epoch = status.get("epoch")
         return {
             "supervisor": node.health,
             "reason": node.reason,
             "address": str(node.target.admin),
             "primary": status.get("primary"),
-            "epoch": status.get("epoch"),  # once automatic failover keeps one
+            # an agent's is its whole epoch state; the number is what the page shows
+            "epoch": epoch.get("epoch") if isinstance(epoch, dict) else epoch,
             "instances": instances,
         }
+
+
+def merged(database: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """The database as several admin listeners tell it (one agent per host and the
+    witness, or one supervisor): every instance once, the view of the newest epoch."""
+    if not database:
+        return more
+    names = {instance["name"] for instance in database["instances"]}
+    instances = database["instances"] + [i for i in more["instances"] if i["name"] not in names]
+    newer = (more.get("epoch") or 0) > (database.get("epoch") or 0)
+    return {**(more if newer else database), "instances": instances}
 
 
 def instance_health(instance: dict[str, Any], max_lag: float) -> tuple[str, str]:

@@ -36,6 +36,11 @@ SUFFIXES = {
 }
 
 
+def role_of(name: str) -> str:
+    """The role (Prometheus job) of a `foobar up` child: the witness is the database's."""
+    return "db" if name == "witness" else name.rstrip("0123456789")
+
+
 @dataclass
 class LiveSite:
     base: int
@@ -48,8 +53,17 @@ class LiveSite:
 
     @property
     def admins(self) -> dict[str, int]:
-        """Each role's admin port, as `foobar up` lays them out (one app server)."""
-        return {"lb1": 100, "web1": 101, "web2": 102, "app1": 111, "db": 121}
+        """Each role's admin port, as `foobar up` lays them out (one app server, the
+        database as two agents and a witness)."""
+        return {
+            "lb1": 100,
+            "web1": 101,
+            "web2": 102,
+            "app1": 111,
+            "db1": 121,
+            "db2": 122,
+            "witness": 123,
+        }
 
     def child(self, name: str) -> tuple[int, list[str]]:
         """The pid and command line of `foobar up`'s child started with --name NAME."""
@@ -180,8 +194,7 @@ def test_prometheus_and_alertmanager_run_with_every_target_up(site: LiveSite) ->
     targets = wait_for(all_up, 30, "every target up")
     scraped = sorted((t["labels"]["job"], t["labels"]["instance"]) for t in targets)
     expected = sorted(
-        (name.rstrip("0123456789"), f"127.0.0.1:{site.base + offset}")
-        for name, offset in site.admins.items()
+        (role_of(name), f"127.0.0.1:{site.base + offset}") for name, offset in site.admins.items()
     )
     assert scraped == expected
     groups = prometheus(site, "/api/v1/rules")["groups"]
@@ -305,7 +318,7 @@ def test_the_status_page_on_its_own(site: LiveSite, tmp_path: Path) -> None:
     """`python -m foobar.statuspage` as on the monitoring host, from a settings file."""
     port = next(p for p in range(site.base + 250, site.base + 300) if port_free(p))
     targets = "".join(
-        f'[[statuspage.targets]]\nrole = "{name.rstrip("0123456789")}"\nname = "{name}"\n'
+        f'[[statuspage.targets]]\nrole = "{role_of(name)}"\nname = "{name}"\n'
         f'admin = "127.0.0.1:{site.base + offset}"\n\n'
         for name, offset in site.admins.items()
     )
@@ -327,7 +340,7 @@ def test_the_status_page_on_its_own(site: LiveSite, tmp_path: Path) -> None:
             return health if set(health.values()) == {"up"} else None
 
         assert set(wait_for(all_up, 20, "the standalone page")) == {
-            "lb:lb1", "web:web1", "web:web2", "app:app1", "db:primary", "db:replica"
+            "lb:lb1", "web:web1", "web:web2", "app:app1", "db:db1", "db:db2"
         }  # fmt: skip
         page_html = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert page_html.status_code == 200 and b'src="/status.js"' in page_html.content
@@ -352,7 +365,7 @@ def test_the_status_page_in_a_browser(site: LiveSite, tmp_path: Path) -> None:
         first = json.loads(browser.stdout.readline() or "null")
         assert first is not None, browser.communicate(timeout=30)[1][-2000:]
         assert first["nodes"] == dict.fromkeys(
-            ["lb:lb1", "web:web1", "web:web2", "app:app1", "db:primary", "db:replica"], "up"
+            ["lb:lb1", "web:web1", "web:web2", "app:app1", "db:db1", "db:db2"], "up"
         )
         assert screenshot.stat().st_size > 10_000
 

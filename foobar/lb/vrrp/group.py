@@ -11,7 +11,7 @@ import asyncio
 import html
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -74,31 +74,44 @@ class VrrpGroup(Collector):
         return [speaker.describe() for speaker in self.speakers]
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["instance"]
-        state = GaugeMetricFamily(
-            "foobar_lb_vrrp_state", "VRRP state: 0 init, 1 backup, 2 master", labels=labels
-        )
-        priority = GaugeMetricFamily(
-            "foobar_lb_vrrp_priority",
-            "priority advertised now (0 while stepped down)",
-            labels=labels,
-        )
-        transitions = CounterMetricFamily(
-            "foobar_lb_vrrp_master_transitions", "times this balancer became master", labels=labels
-        )
-        dropped = CounterMetricFamily(
-            "foobar_lb_vrrp_adverts_dropped",
-            "adverts dropped, never acted on, by reason",
-            labels=["instance", "reason"],
-        )
-        for speaker in self.speakers:
-            key = [speaker.name]
-            state.add_metric(key, int(speaker.machine.state))
-            priority.add_metric(key, speaker.machine.priority)
-            transitions.add_metric(key, speaker.machine.master_transitions)
-            for reason in packet.DROP_REASONS:
-                dropped.add_metric([speaker.name, reason], speaker.dropped[reason])
-        yield from (state, priority, transitions, dropped)
+        yield from families(self.speakers)
+
+
+def families(speakers: Sequence[Speaker]) -> Iterator[Metric]:
+    """The VRRP metric families, with a sample per speaker (none: a balancer without
+    VRRP still declares them, so that the alert rules naming them apply to every one)."""
+    labels = ["instance"]
+    state = GaugeMetricFamily(
+        "foobar_lb_vrrp_state", "VRRP state: 0 init, 1 backup, 2 master", labels=labels
+    )
+    priority = GaugeMetricFamily(
+        "foobar_lb_vrrp_priority",
+        "priority advertised now (0 while stepped down)",
+        labels=labels,
+    )
+    transitions = CounterMetricFamily(
+        "foobar_lb_vrrp_master_transitions", "times this balancer became master", labels=labels
+    )
+    dropped = CounterMetricFamily(
+        "foobar_lb_vrrp_adverts_dropped",
+        "adverts dropped, never acted on, by reason",
+        labels=["instance", "reason"],
+    )
+    for speaker in speakers:
+        key = [speaker.name]
+        state.add_metric(key, int(speaker.machine.state))
+        priority.add_metric(key, speaker.machine.priority)
+        transitions.add_metric(key, speaker.machine.master_transitions)
+        for reason in packet.DROP_REASONS:
+            dropped.add_metric([speaker.name, reason], speaker.dropped[reason])
+    yield from (state, priority, transitions, dropped)
+
+
+class Declared(Collector):
+    """The VRRP families without samples, for a balancer that runs no VRRP."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families([])
 
 
 def section(rows: list[dict[str, Any]]) -> str:
