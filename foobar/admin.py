@@ -142,12 +142,11 @@ def admin_headers(host: str, token: str | None) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-class PlainCounter:
-    """A Prometheus counter family kept as plain numbers and read when /metrics is
-    scraped, for what is counted per request: prometheus_client's Counter takes a lock and
-    three calls per inc(), which a single-threaded event loop does not need (HAProxy
-    keeps its counters the same way). Count with `counter.values[label_values] += n`,
-    label values as a tuple in the order of `labels`."""
+class _PlainFamily:
+    """A metric family kept as plain numbers and read when /metrics is scraped, for what
+    changes per request: prometheus_client's metrics take a lock and several calls per
+    update, which a single-threaded event loop does not need (HAProxy keeps its counters
+    the same way)."""
 
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
@@ -155,8 +154,21 @@ class PlainCounter:
         self.name = name
         self.documentation = documentation
         self.labels = list(labels)
-        self.values: collections.Counter[tuple[object, ...]] = collections.Counter()
         registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError  # pragma: no cover - each family defines it
+
+
+class PlainCounter(_PlainFamily):
+    """A counter family: count with `counter.values[label_values] += n`, label values as
+    a tuple in the order of `labels`."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.values: collections.Counter[tuple[object, ...]] = collections.Counter()
+        super().__init__(name, documentation, labels, registry)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
@@ -165,10 +177,9 @@ class PlainCounter:
         yield family
 
 
-class PlainHistogram:
-    """A Prometheus histogram kept as plain numbers, per label values, for what is timed
-    per request (PlainCounter's reasons): `histogram.observe(label_values, seconds)`.
-    Buckets as prometheus_client's defaults."""
+class PlainHistogram(_PlainFamily):
+    """A histogram family: `histogram.observe(label_values, seconds)`, buckets as
+    prometheus_client's defaults."""
 
     BUCKETS: tuple[float, ...] = (
         0.005,
@@ -190,12 +201,9 @@ class PlainHistogram:
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labels = list(labels)
         # per label values: [count in each bucket (the last: above them all), sum]
         self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labels, registry)
 
     def observe(self, label_values: tuple[str, ...], value: float) -> None:
         series = self.series.get(label_values)

@@ -125,6 +125,8 @@ async def running_cluster(settings: DbSettings) -> AsyncIterator[Cluster]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# the agents and the witness share it: epoch changes carry it (issue 16)
+ADMIN_TOKEN = "agents-and-witness-admin-token"
 APP_PASSWORD = "app-password-for-tests"
 REPLICATION_PASSWORD = "replication-password-for-tests"
 
@@ -197,6 +199,8 @@ class AgentCluster:
             "FOOBAR_DB_REPLICATION_PASSWORD": REPLICATION_PASSWORD,
             "FOOBAR_DB_CHECK_INTERVAL": str(self.interval),
             "FOOBAR_DB_INNODB_BUFFER_POOL_SIZE": "32M",
+            "FOOBAR_DB_ADMIN_TOKEN": ADMIN_TOKEN,
+            "FOOBAR_WITNESS_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         with (self.logs / f"{name}.log").open("ab") as log:
             self.processes[name] = await asyncio.create_subprocess_exec(

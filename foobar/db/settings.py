@@ -138,6 +138,11 @@ class DbSettings(RoleSettings):
             raise ValueError(f"agent {self.agent!r} is not an instance")
         if len(names) != 2:
             raise ValueError("agent mode runs a primary and one replica (two instances)")
+        if self.admin_token is None and self.admin_token_file is None:
+            raise ValueError(
+                "agent mode needs the admin token (admin_token or admin_token_file): the "
+                "agents and the witness change epochs only for a request that carries it"
+            )
         if self.mode != "managed":
             raise ValueError("an agent manages its own instance: mode must be managed")
         if self.witness is None:
@@ -187,4 +192,9 @@ class WitnessSettings(RoleSettings):
             raise ValueError("instances must name the primary and at least one replica")
         if self.admin is None:
             raise ValueError("a witness is reached through its admin listener: set admin")
+        if self.admin_token is None and self.admin_token_file is None:
+            raise ValueError(
+                "a witness needs the admin token the agents share (admin_token or "
+                "admin_token_file): it changes epochs only for a request that carries it"
+            )
         return self

@@ -133,6 +133,7 @@ AGENT = {
     "peers": ["db2=10.0.0.6:9103"],
     "app_password": "a",
     "replication_password": "r",
+    "admin_token": "the-agents-shared-token",
     "instances": [
         {"name": "db1", "host": "10.0.0.3", "port": 3306, "server_id": 1},
         {"name": "db2", "host": "10.0.0.6", "port": 3306, "server_id": 2},
@@ -149,6 +150,7 @@ AGENT = {
         ({"peers": []}, "one peer per other instance"),
         ({"app_password": None}, "needs app_password and replication_password"),
         ({"peers": ["db2"]}, "expected NAME=HOST:PORT"),
+        ({"admin_token": None}, "agent mode needs the admin token"),
     ],
 )
 def test_agent_settings_refused(change: dict[str, object], message: str) -> None:

@@ -22,8 +22,11 @@ from foobar.db import cli
 from foobar.db.replication import Node
 from foobar.db.settings import InstanceSettings
 from foobar.settings import parse_host_port
-from tests.dbcluster import APP_PASSWORD, AgentCluster, running_agents
+from tests.dbcluster import ADMIN_TOKEN, APP_PASSWORD, AgentCluster, running_agents
 from tests.history import Checker
+
+# what a change on an agent's admin listener carries (issue 16)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -258,10 +261,14 @@ async def test_planned_switchover_between_agents_under_load(tmp_path: Path) -> N
     async with running_agents(tmp_path) as cluster, app_on(cluster) as url:
         checker = await checking(cluster, url)
         async with httpx.AsyncClient(timeout=60) as client:
-            refused = await client.post(f"http://{cluster.admin('replica')}/promote", content=b"")
+            refused = await client.post(
+                f"http://{cluster.admin('replica')}/promote", content=b"{}", headers=ADMIN
+            )
             assert refused.status_code == 409 and "ask primary's agent" in refused.text
             checker.fault()
-            answer = await client.post(f"http://{cluster.admin('primary')}/promote", content=b"")
+            answer = await client.post(
+                f"http://{cluster.admin('primary')}/promote", content=b"{}", headers=ADMIN
+            )
         assert answer.status_code == 200, answer.text
         assert answer.json()["primary"] == "replica"
         status = await cluster.until("replica", settled, timeout=30)  # the old one rejoined

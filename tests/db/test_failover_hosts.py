@@ -31,6 +31,8 @@ HOSTS = {
 PASSWORDS = {
     "FOOBAR_DB_APP_PASSWORD": "app-password-for-the-cut",
     "FOOBAR_DB_REPLICATION_PASSWORD": "replication-password-for-the-cut",
+    "FOOBAR_DB_ADMIN_TOKEN": "admin-token-for-the-cut-0123",
+    "FOOBAR_WITNESS_ADMIN_TOKEN": "admin-token-for-the-cut-0123",
 }
 
 
@@ -79,7 +81,13 @@ async def test_primary_host_cut_from_the_network_then_healed(
         tmp_path / "witness.toml",
     )
     await net.start(
-        "server1", "foobar.db", "witness", "--config", str(witness), log=logs / "witness.log"
+        "server1",
+        "foobar.db",
+        "witness",
+        "--config",
+        str(witness),
+        env=PASSWORDS,
+        log=logs / "witness.log",
     )
     for host in ("server3a", "server3b"):
         config = settings(

@@ -11,23 +11,10 @@ from pathlib import Path
 import pytest
 
 from foobar.lb.stats import snapshot
-from tests.conftest import RawClient
+from tests.conftest import RawClient, wait_listening
 from tests.dbcluster import free_port
 from tests.lb.conftest import ROOT, StartLb, address_of
 from tests.lb.test_fast_path import before_raw_backend, lb_fields
-
-
-async def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
-
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -194,7 +181,7 @@ async def test_a_process_short_of_descriptors_keeps_serving(tmp_path: Path) -> N
         stderr=log,
     )
     try:
-        await wait_for_port(port)
+        await wait_listening(port)
         clients = [await RawClient.connect(("127.0.0.1", port)) for _ in range(40)]
         answered = 0
         for client in clients:  # each answered, then closed: the next one gets in
