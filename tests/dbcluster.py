@@ -283,6 +283,8 @@ async def running_agents(base: Path, failover_after: float = 1.0) -> AsyncIterat
         await cluster.until(
             "primary", lambda s: s["healthy"] and not s["epoch"]["degraded"], timeout=90
         )
+        # and the replica's agent has learnt it (it polls; a test may take its sources away)
+        await cluster.until("replica", lambda s: not s["epoch"]["degraded"], timeout=30)
         yield cluster
     finally:
         await cluster.stop_all()
