@@ -280,3 +280,36 @@ async def test_planned_switchover_between_agents_under_load(tmp_path: Path) -> N
         await checker.stop()
         verdict = await checker.verdict(must_hold=["primary", "replica"])
         assert_clean(verdict, "planned switchover between agents")
+
+
+async def test_two_apps_follow_a_failover_and_read_your_writes_holds(tmp_path: Path) -> None:
+    """Two app servers, no restart: after kill -9 of the primary's host both write to the
+    new primary, and a client's cookie makes the other app's read wait for its write."""
+    post = {"author": "ada", "title": "before", "body": "x"}
+    async with (
+        running_agents(tmp_path) as cluster,
+        app_on(cluster, "app1") as app1,
+        app_on(cluster, "app2") as app2,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        first = await client.post(f"{app1}/api/posts", json=post)
+        assert first.status_code == 201
+        assert (await client.get(f"{app2}/api/posts/{first.json()['id']}")).status_code == 200
+
+        await kill_host(cluster, "primary")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:  # bounded: failover_after plus the apps' health checks
+            written = await client.post(f"{app1}/api/posts", json={**post, "title": "after"})
+            if written.status_code == 201:
+                break
+            assert written.status_code == 503 and "retry-after" in written.headers
+            assert loop.time() - began < 20, "app1 never found the new primary"
+            await asyncio.sleep(0.2)
+        print(f"two apps: writes resumed {loop.time() - began:.2f}s after kill -9")
+        # with the cookie the new primary set: app2 reads the write (no replica lags now)
+        read = await client.get(f"{app2}/api/posts/{written.json()['id']}")
+        assert (read.status_code, read.json()["title"]) == (200, "after")
+        written2 = await client.post(f"{app2}/api/posts", json={**post, "title": "app2"})
+        assert written2.status_code == 201  # the other app follows too
+        assert (await client.get(f"{app1}/api/posts/{first.json()['id']}")).status_code == 200
