@@ -118,14 +118,13 @@ class Plan:
 def database_secrets(state: Path) -> dict[str, str]:
     """The passwords both database agents share: made once, kept in
     <state>/secrets.json (0600), handed to the agents in their environment."""
-    state.mkdir(parents=True, exist_ok=True)
-    path = state / "secrets.json"
+    path = private_directory(state) / "secrets.json"
+    if path.exists():
+        tighten(path)
     stored = json.loads(path.read_text()) if path.exists() else {}
     for key in ("app_password", "replication_password"):
         stored.setdefault(key, secrets.token_urlsafe(24))
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        json.dump(stored, file)
+    write_private(path, json.dumps(stored))
     return {
         "FOOBAR_DB_APP_PASSWORD": stored["app_password"],
         "FOOBAR_DB_REPLICATION_PASSWORD": stored["replication_password"],

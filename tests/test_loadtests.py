@@ -271,8 +271,10 @@ async def test_locust_visitors_against_the_site(tmp_path: Path) -> None:
     try:
         while b"www.foobar.com is up" not in await asyncio.wait_for(site.stdout.readline(), 120):
             pass
+        # db2 is the replica (db1 the first primary); each agent keeps its server under
+        # <state>/db/<agent>/<server>/
         replica = await aiomysql.connect(
-            unix_socket=str(tmp_path / "site" / "db" / "replica" / "mysqld.sock"), user="root"
+            unix_socket=str(tmp_path / "site" / "db" / "db2" / "db2" / "mysqld.sock"), user="root"
         )
         async with replica.cursor() as cursor:
             await cursor.execute("STOP SLAVE SQL_THREAD")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from foobar.db.errors import DbError
+from foobar.files import private_directory
 
 # Enough epochs back for any former primary to find where the next epoch began; older
 # entries only grow the file.
@@ -139,7 +140,7 @@ class EpochFile:
                 f"refusing to replace epoch {current.epoch} ({current.primary}) "
                 f"with epoch {state.epoch} ({state.primary}) in {self.path}"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)  # a state directory: its owner's alone
         temporary = self.path.with_name(self.path.name + ".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:

@@ -142,7 +142,10 @@ async def test_killed_primary_fails_writes_fast_and_reads_go_on(tmp_path: Path) 
                     assert response.status_code == 503, response.text
                     assert response.headers["retry-after"] == "1"
                     assert loop.time() - started < 1.5  # within its timeout
-                await until(lambda: not server.router.primary.usable, what="primary unusable")
+                await until(
+                    lambda: server.router.primary is None or not server.router.primary.usable,
+                    what="primary unusable",
+                )
                 read = await client.get("/api/posts")
                 assert (read.status_code, read.headers["x-foobar-db"]) == (200, "replica")
                 assert read.json()["posts"][0]["title"] == "hello"
@@ -152,7 +155,8 @@ async def test_killed_primary_fails_writes_fast_and_reads_go_on(tmp_path: Path) 
                 replica = cluster.supervisor.instances[cluster.replica.name]
                 assert replica.pid is not None
                 os.kill(replica.pid, signal.SIGKILL)  # now neither node is usable
-                await until(lambda: not server.router.replicas[0].usable, what="replica down")
+                node = next(node for node in server.router.nodes if node.name == "replica")
+                await until(lambda: not node.usable, what="replica down")
                 health = await client.get("/healthz")
                 assert health.status_code == 503
                 assert health.json()["nodes"] == {"primary": False, "replica": False}
