@@ -269,6 +269,9 @@ class Bench:
             config.write_text(
                 '[lb]\naccess_log = false\n[[lb.frontends]]\nname = "f"\n'
                 f'bind = "127.0.0.1:{port}"\nbackend = "b"\ntimeout_http_keep_alive = 600.0\n'
+                # idle clients hold no server connection: more than the default maxconn
+                # (half the open-files limit) may be open, as an operator would set it
+                f"maxconn = {count + 1000}\n"
                 f'timeout_client = 600.0\n[[lb.backends]]\nname = "b"\n{backends}'
             )
             return python("foobar.lb", "--config", str(config)), port
