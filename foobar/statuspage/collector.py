@@ -185,6 +185,9 @@ class Collector:
         status = node.status or {}
         gauges = node.readings[-1].gauges if node.readings else {}
         max_lag = gauges.get("foobar_db_max_replica_lag_seconds", DEFAULT_MAX_LAG)
+        epoch = status.get("epoch")
+        # an agent's is its whole epoch state; the number is what the page shows
+        epoch = epoch.get("epoch") if isinstance(epoch, dict) else epoch
         instances = []
         for instance in status.get("instances", []):
             health, reason = instance_health(instance, max_lag)
@@ -200,17 +203,15 @@ class Collector:
                     "reason": reason,
                     "lag": instance.get("seconds_behind"),
                     "semi_sync": instance.get("semi_sync"),
-                    "epoch": instance.get("epoch", status.get("epoch")),
+                    "epoch": instance.get("epoch", epoch),
                 }
             )
-        epoch = status.get("epoch")
         return {
             "supervisor": node.health,
             "reason": node.reason,
             "address": str(node.target.admin),
             "primary": status.get("primary"),
-            # an agent's is its whole epoch state; the number is what the page shows
-            "epoch": epoch.get("epoch") if isinstance(epoch, dict) else epoch,
+            "epoch": epoch,
             "instances": instances,
         }
 

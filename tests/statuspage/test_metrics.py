@@ -87,3 +87,44 @@ REPLICA = {"role": "replica", "reachable": True, "io_running": True, "sql_runnin
 )
 def test_instance_health(instance: dict[str, object], health: str) -> None:
     assert instance_health(instance, max_lag=30.0)[0] == health
+
+
+async def test_two_agents_views_make_one_database_with_numbered_epochs() -> None:
+    """`foobar up` and deploy/ run the database as two agents (and a witness), each
+    reporting its own server and its whole epoch state: the page shows both servers once,
+    the epoch as a number (it read "[object Object]" before)."""
+    from foobar.settings import HostPort
+    from foobar.statuspage.collector import Collector, Target
+
+    def agent(name: str, role: str, epoch: int) -> dict[str, object]:
+        return {
+            "primary": "db1",
+            "epoch": {"epoch": epoch, "primary": "db1", "degraded": False},
+            "instances": [
+                {
+                    "name": name,
+                    "role": role,
+                    "host": "127.0.0.1",
+                    "port": 3306,
+                    "reachable": True,
+                    "io_running": True,
+                    "sql_running": True,
+                    "seconds_behind": 0,
+                }
+            ],
+        }
+
+    targets = [
+        Target("db", name, "-", HostPort("127.0.0.1", port))
+        for name, port in (("db1", 1), ("db2", 2), ("witness", 3))
+    ]
+    collector = Collector(targets)
+    statuses = [agent("db1", "primary", 3), agent("db2", "replica", 3), {"epoch": {"epoch": 3}}]
+    for node, status in zip(collector.nodes, statuses, strict=True):
+        node.health, node.status = "up", status
+    snapshot = collector.snapshot()
+    nodes = {node["id"]: node for node in snapshot["nodes"]}
+    assert sorted(nodes) == ["db:db1", "db:db2"]
+    assert [nodes[n]["epoch"] for n in ("db:db1", "db:db2")] == [3, 3]
+    assert snapshot["database"]["epoch"] == 3
+    assert ("db:db1", "db:db2", "replication") in snapshot["edges"]
