@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from foobar.http.server import Request, Response, Server, ServerConfig, error_response
 from foobar.settings import HostPort
@@ -142,7 +143,7 @@ def admin_headers(host: str, token: str | None) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-class _PlainFamily:
+class _PlainFamily(Collector):
     """A metric family kept as plain numbers and read when /metrics is scraped, for what
     changes per request: prometheus_client's metrics take a lock and several calls per
     update, which a single-threaded event loop does not need (HAProxy keeps its counters
@@ -155,9 +156,6 @@ class _PlainFamily:
         self.documentation = documentation
         self.labels = list(labels)
         registry.register(self)
-
-    def collect(self) -> Iterator[Metric]:
-        raise NotImplementedError  # pragma: no cover - each family defines it
 
 
 class PlainCounter(_PlainFamily):

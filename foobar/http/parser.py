@@ -28,6 +28,7 @@ connection must be closed.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
@@ -134,7 +135,7 @@ def complete_messages(events: list[Event]) -> list[Event]:
     return []
 
 
-class _Parser:
+class _Parser(ABC):
     """What requests and responses share: running llhttp, translating its errors."""
 
     def __init__(self, max_header_bytes: int, max_header_fields: int) -> None:
@@ -148,11 +149,12 @@ class _Parser:
         self._refusal: ProtocolError | None = None
         self._parser = self._new_parser()
 
-    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
-        raise NotImplementedError  # pragma: no cover - both subclasses define it
+    @abstractmethod
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser: ...
 
+    @abstractmethod
     def feed(self, data: bytes) -> list[Event]:
-        raise NotImplementedError  # pragma: no cover - both subclasses define it
+        """The events of `data` (see the module's docstring)."""
 
     def _run(self, data: bytes, events: list[Event]) -> None:
         """llhttp over `data`, its callbacks adding to `events`."""
@@ -182,8 +184,8 @@ class _Parser:
             refusal.events = complete_messages(events)
             raise refusal from exc
 
-    def _check_upgrade(self, events: list[Event]) -> None:
-        pass
+    def _check_upgrade(self, events: list[Event]) -> None:  # noqa: B027 - optional hook
+        """Refuse an upgrade the parser cannot treat as a plain message (requests: CONNECT)."""
 
     def _refuse(self, error: ProtocolError) -> NoReturn:
         """Raise from a callback: httptools hides the exception, so keep it for feed()."""
