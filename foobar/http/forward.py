@@ -52,14 +52,16 @@ TIMEOUT: Final = "timeout"  # no answer in time
 ERROR: Final = "error"  # the connection broke, or the answer was malformed
 STATUS: Final = "status"  # an answer the route turned down (nginx's http_502)
 
-# llhttp has refused bare LFs and spaces before colons, so in a parsed head every "\r\n"
-# starts a field line and these patterns see whole field names.
-_HOP_BY_HOP: Final = b"|".join(re.escape(name) for name in sorted(hdrs.HOP_BY_HOP))
-# The one hop-by-hop field a server usually sends (nginx: "Connection: keep-alive").
-_CONNECTION_LINE: Final = re.compile(
-    rb"\r\nconnection:[ \t]*(?:keep-alive|close)[ \t]*(?=\r\n)", re.I
+# In an answer's head, lower-cased: the hop-by-hop fields other than Connection (llhttp
+# has refused bare LFs and spaces before colons, so every "\r\n" starts a field line).
+_OTHER_HOP_BY_HOP: Final = re.compile(
+    rb"\r\n(?:"
+    + b"|".join(re.escape(name) for name in sorted(hdrs.HOP_BY_HOP - {b"connection"}))
+    + rb"):"
 )
-_ANSWER_HOP_BY_HOP: Final = re.compile(rb"\r\n(?:" + _HOP_BY_HOP + rb"):", re.I)
+# The Connection values a server usually sends (nginx: "Connection: keep-alive"), which
+# name no other field.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
 
 class Target(Protocol):
@@ -283,10 +285,8 @@ class Forwarder(Generic[T]):
     its handler for the rest."""
 
     def __init__(self, route: Route[T]) -> None:
+        assert route.replaced_fields <= hdrs.SET_BY_PROXIES, "the parser must know them"
         self.route = route
-        replaced = hdrs.FORWARDING | route.replaced_fields
-        names = b"|".join(re.escape(name) for name in sorted(replaced))
-        self._rebuilt_fields = re.compile(rb"\r\n(?:" + _HOP_BY_HOP + b"|" + names + rb"):", re.I)
 
     def answer_now(self, request: Request) -> bool:
         exchange = ProxyExchange(self, request)
@@ -305,15 +305,11 @@ class Forwarder(Generic[T]):
         added, when the client sent it in one piece as HTTP/1.1 and nothing in it has to
         change; otherwise rebuilt from its fields."""
         raw = request.raw
-        if (
-            raw is not None
-            and request.head.version == "1.1"
-            and self._rebuilt_fields.search(raw) is None
-        ):
+        head = request.head
+        if raw is not None and head.relayable and head.version == "1.1":
             return b"".join(
                 (raw[:-2], request.forwarding_fields, self.route.request_fields(request), b"\r\n")
             )
-        head = request.head
         return request_bytes(head.method, head.target, self.request_fields(request), None, None)
 
     def request_fields(self, request: Request) -> hdrs.Headers:
@@ -333,7 +329,16 @@ def relayed_head(raw: bytes) -> bytes | None:
     some: the head is then rebuilt from its field list. An answer that ended before the
     connection did, without Transfer-Encoding, is framed by its Content-Length or has no
     body (HEAD, 1xx, 204, 304): its head frames the same bytes for the client."""
-    head = _CONNECTION_LINE.sub(b"", raw[:-2], count=1)
-    if _ANSWER_HOP_BY_HOP.search(head) is not None:
+    head = raw[:-2]
+    lowered = head.lower()
+    if _OTHER_HOP_BY_HOP.search(lowered) is not None:
         return None
-    return head
+    start = lowered.find(b"\r\nconnection:")
+    if start < 0:
+        return head
+    end = lowered.find(b"\r\n", start + 2)  # the head ends with its last field's CRLF
+    if lowered[start + 13 : end].strip(b" \t") not in _PLAIN_CONNECTION:
+        return None
+    if lowered.find(b"\r\nconnection:", end) >= 0:
+        return None  # a second Connection line
+    return head[:start] + head[end:]

@@ -58,6 +58,11 @@ def without(headers: Headers, names: Iterable[bytes]) -> Headers:
 
 # What a proxy sets on every request it forwards.
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
+# What proxies set on requests, foobar's tiers among them (nginx's X-Real-IP and
+# X-Forwarded-Host, RFC 7239's Forwarded): a request carrying one, or a hop-by-hop
+# field, is rebuilt field by field rather than passed on as received.
+SET_BY_PROXIES = FORWARDING | {b"x-forwarded-host", b"x-real-ip", b"forwarded"}
+NOT_RELAYED = HOP_BY_HOP | SET_BY_PROXIES
 _END_TO_END_DROP = HOP_BY_HOP | {b"content-length"}
 _FORWARDING_DROP = _END_TO_END_DROP | FORWARDING
 

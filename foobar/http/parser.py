@@ -60,6 +60,9 @@ class RequestHead:
     content_length: int | None
     expect_continue: bool
     host: bytes | None = None  # the one Host field's value (the parser checked there is one)
+    # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED): a proxy may
+    # pass the head on as received
+    relayable: bool = False
 
     @property
     def has_body(self) -> bool:
@@ -118,8 +121,13 @@ SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-# A request's fields on_header notes, besides Host.
-_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+# What on_header notes of a request's fields, by lower-case name: Host, the framing
+# fields, and the fields that keep a head from being relayed as received.
+_HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD = 1, 2, 4
+_NOTED: Final = {name: _NOT_RELAYED_FIELD for name in hdrs.NOT_RELAYED}
+_NOTED[b"host"] = _HOST_FIELD
+_NOTED[b"content-length"] = _NOTED[b"expect"] = _FRAMING_FIELD
+_NOTED[b"transfer-encoding"] = _FRAMING_FIELD | _NOT_RELAYED_FIELD
 # The framing fields of a response head, found in its bytes (whole field names: llhttp
 # refused bare LFs, so every "\r\n" starts a field line).
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
@@ -255,6 +263,7 @@ class RequestParser(_Parser):
         # Content-Length, Transfer-Encoding and Expect as on_header met them (lower-case
         # names): most requests have none, so none is made
         self._framing: dict[bytes, bytes] | None = None
+        self._relayable = True
 
     def _check_size(self) -> None:
         """The header limits, for a head that began in a read larger than the size limit
@@ -269,16 +278,20 @@ class RequestParser(_Parser):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        # The fields the core looks at, noted as they pass; the length test spares a
-        # lower() for every other field.
-        if len(name) in (4, 6, 14, 17):
-            lowered = name.lower()
-            if lowered == b"host":
-                self._hosts.append(value)
-            elif lowered in _FRAMING_FIELDS:
-                if self._framing is None:
-                    self._framing = {}
-                self._framing[lowered] = value
+        # the fields the core looks at, noted as they pass
+        lowered = name.lower()
+        noted = _NOTED.get(lowered)
+        if noted is None:
+            return
+        if noted == _HOST_FIELD:
+            self._hosts.append(value)
+            return
+        if noted & _NOT_RELAYED_FIELD:
+            self._relayable = False
+        if noted & _FRAMING_FIELD:
+            if self._framing is None:
+                self._framing = {}
+            self._framing[lowered] = value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -313,6 +326,7 @@ class RequestParser(_Parser):
                 length,
                 expect is not None,
                 hosts[0] if hosts else None,
+                self._relayable,
             )
         )
         self._next_head()

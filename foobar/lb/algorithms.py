@@ -8,6 +8,7 @@ when the server set or a weight changes:
         def __init__(self, argument: str | None) -> None      # "X-User" for hdr(X-User)
         def update(self, servers: Sequence[Target]) -> None    # set or weights changed
         def pick(self, candidates: Sequence[Target], request: RequestInfo) -> Target | None
+        def turns(self, candidates: Sequence[Target]) -> Sequence[Target] | None
         def started(self, server: Target) -> None
         def finished(self, server: Target) -> None
 
@@ -33,6 +34,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 ENTRY_POINT_GROUP = "foobar.lb.algorithms"
+# Planning smooth weighted round-robin's period costs its length times the servers; past
+# this (hundreds of servers of high weights) the picks are computed one by one instead.
+MAX_PLANNED_WORK = 100_000
 
 
 class Target(Protocol):
@@ -88,6 +92,13 @@ class Algorithm(ABC):
     def pick(self, candidates: Sequence[Target], request: RequestInfo) -> Target | None:
         """The server for this connection or request; None when none will do."""
 
+    def turns(self, candidates: Sequence[Target]) -> Sequence[Target] | None:
+        """For an algorithm that picks independently of the request and of the servers'
+        load: its picks among `candidates` over one whole period, in order. The backend
+        then plans them once per change of its usable servers and steps through them
+        (HAProxy's map-based algorithms). None (the default): `pick` is asked each time."""
+        return None
+
     def started(self, server: Target) -> None:  # noqa: B027 - optional hook
         """A connection or request to `server` started."""
 
@@ -110,20 +121,36 @@ class RoundRobin(Algorithm):
         self._score = {server.name: 0 for server in servers}
 
     def pick(self, candidates: Sequence[Target], request: RequestInfo) -> Target | None:
-        best: Target | None = None
-        best_score = -(1 << 62)
-        total = 0
-        score = self._score
-        for server in candidates:
-            weight = server.weight
-            if weight > 0:
-                total += weight
-                current = score[server.name] = score.get(server.name, 0) + weight
-                if current > best_score:
-                    best, best_score = server, current
-        if best is not None:
-            score[best.name] -= total
-        return best
+        return _smooth_weighted_pick(candidates, self._score)
+
+    def turns(self, candidates: Sequence[Target]) -> Sequence[Target] | None:
+        weighted = [server for server in candidates if server.weight > 0]
+        period = sum(server.weight for server in weighted)
+        if period * len(weighted) > MAX_PLANNED_WORK:
+            return None
+        score: dict[str, int] = {}
+        turns = []
+        for _ in range(period):
+            server = _smooth_weighted_pick(weighted, score)
+            assert server is not None  # every one of them has a weight
+            turns.append(server)
+        return turns
+
+
+def _smooth_weighted_pick(candidates: Sequence[Target], score: dict[str, int]) -> Target | None:
+    best: Target | None = None
+    best_score = -(1 << 62)
+    total = 0
+    for server in candidates:
+        weight = server.weight
+        if weight > 0:
+            total += weight
+            current = score[server.name] = score.get(server.name, 0) + weight
+            if current > best_score:
+                best, best_score = server, current
+    if best is not None:
+        score[best.name] -= total
+    return best
 
 
 class StaticRoundRobin(Algorithm):
@@ -136,12 +163,15 @@ class StaticRoundRobin(Algorithm):
         self._position = 0
 
     def pick(self, candidates: Sequence[Target], request: RequestInfo) -> Target | None:
-        slots = [server for server in candidates for _ in range(max(server.weight, 0))]
+        slots = self.turns(candidates)
         if not slots:
             return None
         server = slots[self._position % len(slots)]
         self._position += 1
         return server
+
+    def turns(self, candidates: Sequence[Target]) -> Sequence[Target]:
+        return [server for server in candidates for _ in range(max(server.weight, 0))]
 
 
 class LeastConn(Algorithm):

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
 
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.http.errors import HTTPError
@@ -40,35 +43,80 @@ class Counters:
     redispatches: int = 0
 
 
-@dataclass
 class Server:
-    settings: ServerSettings
-    backend_name: str
-    pool: UpstreamPool
-    weight: int = 1
-    state: ServerState = "ready"
-    up: bool = True  # health: servers start up, the first check runs at once (HAProxy)
-    check_status: str = "not checked yet"
-    last_change: float = field(default_factory=time.time)
-    consecutive_errors: int = 0
-    ejected_until: float = 0.0
-    active: int = 0
-    counters: Counters = field(default_factory=Counters)
-    # plain attributes, read on every request: its name, and its address as the access
-    # log names it
-    name: str = field(init=False)
-    label: str = field(init=False)
+    """One server of a backend. Its health (`up`), `state`, `weight` and ejection decide
+    whether it is usable; writing any of them tells the backend (`changed`), which plans
+    its turns anew (see Backend)."""
 
-    def __post_init__(self) -> None:
-        self.name = self.settings.name
-        self.label = str(self.settings.address)
+    def __init__(
+        self,
+        settings: ServerSettings,
+        backend_name: str,
+        pool: UpstreamPool,
+        weight: int = 1,
+        state: ServerState = "ready",
+    ) -> None:
+        self.settings = settings
+        self.backend_name = backend_name
+        self.pool = pool
+        self.changed: Callable[[], None] = _nothing  # the backend's servers_changed
+        self._weight = weight
+        self._state: ServerState = state
+        self._up = True  # health: servers start up, the first check runs at once (HAProxy)
+        self._ejected_until = 0.0
+        self.check_status = "not checked yet"
+        self.last_change = time.time()
+        self.consecutive_errors = 0
+        self.active = 0
+        self.counters = Counters()
+        # plain attributes, read on every request: its name, and its address as the access
+        # log names it
+        self.name = settings.name
+        self.label = str(settings.address)
+
+    @property
+    def weight(self) -> int:
+        return self._weight
+
+    @weight.setter
+    def weight(self, weight: int) -> None:
+        self._weight = weight
+        self.changed()
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @state.setter
+    def state(self, state: ServerState) -> None:
+        self._state = state
+        self.changed()
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @up.setter
+    def up(self, up: bool) -> None:
+        self._up = up
+        self.changed()
+
+    @property
+    def ejected_until(self) -> float:
+        """time.monotonic() until which passive checks keep it out of use."""
+        return self._ejected_until
+
+    @ejected_until.setter
+    def ejected_until(self, until: float) -> None:
+        self._ejected_until = until
+        self.changed()
 
     @property
     def usable(self) -> bool:
         return self.usable_at(time.monotonic())
 
     def usable_at(self, now: float) -> bool:
-        return self.up and self.state == "ready" and now >= self.ejected_until
+        return self._up and self._state == "ready" and now >= self._ejected_until
 
     @property
     def has_slot(self) -> bool:
@@ -108,7 +156,20 @@ class Server:
         }
 
 
+def _nothing() -> None:
+    pass
+
+
 class Backend:
+    """A backend's servers, their slots and queue, and the order they take requests in.
+
+    An algorithm that picks independently of the request and of the servers' load
+    (roundrobin, static-rr) gives its whole period of picks (`Algorithm.turns`); the
+    backend plans them once per change of the usable set, as HAProxy's map-based
+    algorithms do, and a pick is then one step through the plan. The plan is made anew
+    when a server's health, state, weight or ejection changes, and when an ejection ends.
+    Other algorithms are asked on every pick."""
+
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
         self.name = settings.name
@@ -135,6 +196,13 @@ class Backend:
         self.algorithm.update(self.servers)
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.queued_max = 0
+        # the plan: the usable servers in the order the algorithm takes them (None: it
+        # picks per request), the next step, and until when (monotonic) it holds
+        self._turns: list[Server] | None = None
+        self._next_turn = 0
+        self._turns_until = 0.0  # planned at the first pick
+        for server in self.servers:
+            server.changed = self.servers_changed
 
     @property
     def queued(self) -> int:
@@ -143,8 +211,20 @@ class Backend:
     def server(self, name: str) -> Server | None:
         return next((server for server in self.servers if server.name == name), None)
 
-    def weights_changed(self) -> None:
+    def servers_changed(self) -> None:
+        """A server's health, state, weight or ejection changed."""
         self.algorithm.update(self.servers)
+        self._turns_until = 0.0
+
+    def _plan_turns(self, now: float) -> list[Server] | None:
+        usable = self.usable()
+        turns = self.algorithm.turns(usable)
+        self._turns = None if turns is None else cast(list[Server], list(turns))
+        self._next_turn = 0
+        # an ejection that ends makes the server usable again
+        ends = [server.ejected_until for server in self.servers if server.ejected_until > now]
+        self._turns_until = min(ends, default=math.inf)
+        return self._turns
 
     def usable(self) -> list[Server]:
         """Usable normal servers, or, when none is up, usable backups."""
@@ -184,22 +264,41 @@ class Backend:
         request would have to queue, or nothing is up (`acquire()` says which)."""
         if self._queue:
             return None  # first come, first served: the queue goes before
-        return self._take_free(self.usable(), request, None)
+        return self._take_free(None, request, None)
 
     def _take_free(
-        self, usable: list[Server], request: RequestInfo, avoid: Server | None
+        self, usable: list[Server] | None, request: RequestInfo, avoid: Server | None
     ) -> Server | None:
-        candidates = (
-            [server for server in usable if server.has_slot] if self._slots_limited else usable
-        )
-        if avoid is not None and len(candidates) > 1:
-            candidates = [server for server in candidates if server is not avoid]
-        picked = self.algorithm.pick(candidates, request) if candidates else None
-        if picked is None:
-            return None
-        assert isinstance(picked, Server)
-        self.take(picked)
+        """The algorithm's choice among the usable servers with a free slot (`usable`
+        when the caller has them at hand), other than `avoid` unless it is the last."""
+        now = time.monotonic()
+        turns = self._turns if now < self._turns_until else self._plan_turns(now)
+        if turns is not None and avoid is None:
+            picked = self._take_turn(turns)
+        else:
+            if usable is None:
+                usable = self.usable()
+            candidates = (
+                [server for server in usable if server.has_slot] if self._slots_limited else usable
+            )
+            if avoid is not None and len(candidates) > 1:
+                candidates = [server for server in candidates if server is not avoid]
+            chosen = self.algorithm.pick(candidates, request) if candidates else None
+            assert chosen is None or isinstance(chosen, Server)
+            picked = chosen
+        if picked is not None:
+            self.take(picked)
         return picked
+
+    def _take_turn(self, turns: list[Server]) -> Server | None:
+        """The next server of the plan with a free slot."""
+        count = len(turns)
+        for _ in range(count):
+            server = turns[self._next_turn]
+            self._next_turn = (self._next_turn + 1) % count
+            if server.has_slot:
+                return server
+        return None
 
     def take(self, server: Server) -> None:
         active = server.active = server.active + 1
@@ -212,7 +311,8 @@ class Backend:
     def release(self, server: Server) -> None:
         server.active -= 1
         self.algorithm.finished(server)
-        self.wake_one()
+        if self._queue:
+            self.wake_one()
 
     def wake_one(self) -> None:
         """A slot freed or a server came back: the first in the queue tries again."""

@@ -175,7 +175,6 @@ async def change_server(balancer: Balancer, workers: Workers | None, request: Re
         server.last_change = time.time()
     if weight is not None:
         server.weight = weight
-        backend.weights_changed()
     backend.wake_one()
     if workers is not None:
         await workers.forward("POST", request.path.decode("latin-1"), body)

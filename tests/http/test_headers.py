@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from foobar.http import headers as hdrs
+from foobar.http.forward import relayed_head
+from foobar.http.parser import RequestHead, RequestParser
 
 
 def test_hop_by_hop_and_connection_named_fields_are_dropped() -> None:
@@ -41,3 +45,52 @@ def test_lookups_ignore_case() -> None:
     headers = [(b"Content-Type", b"a"), (b"content-type", b"b")]
     assert hdrs.get(headers, b"content-type") == b"b"
     assert hdrs.get_all(headers, b"content-type") == [b"a", b"b"]
+
+
+STATUS_LINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "relayed"),
+    [
+        (b"", b""),
+        (b"Connection: keep-alive\r\n", b""),
+        (b"CONNECTION:  Close \r\n", b""),
+        (b"Connection: keep-alive\r\nX-A: 1\r\n", b"X-A: 1\r\n"),
+        (b"X-Connection: keep-alive\r\n", b"X-Connection: keep-alive\r\n"),
+        (b"Connection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n", None),
+        (b"Connection: keep-alive\r\nConnection: close\r\n", None),
+        (b"Keep-Alive: timeout=5\r\n", None),
+        (b"transfer-encoding: chunked\r\n", None),
+        (b"Upgrade: h2c\r\n", None),
+    ],
+)
+def test_an_answer_head_is_relayed_as_received_less_its_connection_field(
+    fields: bytes, relayed: bytes | None
+) -> None:
+    """The fast path's answer: its Connection field off when it names no other field,
+    rebuilt (None) when it has any other hop-by-hop field."""
+    expected = None if relayed is None else STATUS_LINE + relayed
+    assert relayed_head(STATUS_LINE + fields + b"\r\n") == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "relayable"),
+    [
+        (b"Accept: */*", True),
+        (b"X-Forwarded-Host: a", False),
+        (b"x-real-ip: 10.0.0.1", False),
+        (b"Forwarded: for=10.0.0.1", False),
+        (b"X-Forwarded-For: 10.0.0.1", False),
+        (b"Connection: close", False),
+        (b"TE: trailers", False),
+        (b"Proxy-Authorization: Basic x", False),
+    ],
+)
+def test_a_request_head_with_a_field_proxies_set_is_not_relayed_as_received(
+    field: bytes, relayable: bool
+) -> None:
+    parser = RequestParser()
+    [head, _] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n%s\r\n\r\n" % field)
+    assert isinstance(head, RequestHead)
+    assert head.relayable is relayable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 
 from foobar.lb import algorithms
 from foobar.lb.algorithms import RequestKeys
+from foobar.lb.servers import Backend
+from foobar.lb.settings import BackendSettings
 
 PICKS = 10_000
 
@@ -188,3 +191,43 @@ def test_plugin_registered_through_an_entry_point(
     settings = LbSettings(backend=["127.0.0.1:1"], algorithm="always-last", bind="127.0.0.1:0")  # type: ignore[list-item,arg-type]
     assert settings.backends[0].algorithm == "always-last"
     sys.modules.pop("lastpick", None)
+
+
+def test_backend_plans_turns_and_plans_again_on_every_change() -> None:
+    """A request-independent algorithm's period is planned once per usable set: a
+    server's state, weight, health or ejection (and its end) all change the plan."""
+    backend = Backend(
+        BackendSettings(
+            name="b", servers=["a=127.0.0.1:1,weight=3", "b=127.0.0.1:2", "c=127.0.0.1:3"]
+        )
+    )
+
+    def order(count: int) -> list[str]:
+        names = []
+        for _ in range(count):
+            server = backend.take_now(RequestKeys("x"))
+            assert server is not None
+            backend.release(server)
+            names.append(server.name)
+        return names
+
+    assert order(10) == ["a", "b", "a", "c", "a"] * 2  # smooth: 3, 1, 1
+    a, b, c = backend.servers
+    b.state = "maint"
+    assert order(8) == ["a", "a", "c", "a"] * 2
+    b.state = "ready"
+    c.weight = 0
+    assert order(4) == ["a", "a", "b", "a"]
+    c.weight = 1
+    a.set_health(False, "test")
+    assert order(4) == ["b", "c"] * 2
+    a.set_health(True, "test")
+    for _ in range(backend.settings.observe_errors):
+        backend.failed(a, "response")
+    assert set(order(6)) == {"b", "c"}
+    a.ejected_until = time.monotonic() + 0.05  # the ejection ends by itself
+    time.sleep(0.06)
+    assert set(order(5)) == {"a", "b", "c"}
+    for server in backend.servers:
+        server.state = "maint"
+    assert backend.take_now(RequestKeys("x")) is None
