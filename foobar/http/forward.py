@@ -109,10 +109,12 @@ class Route(Protocol[T]):
         """Passive checks and counters: an attempt on `target` failed with `kind`."""
         ...
 
-    def answered(self, exchange: ProxyExchange[T], target: T, status: int) -> bool:
-        """An answer arrived: count it. True relays it; False turns it down (nginx's
-        `proxy_next_upstream http_502`) when the route has a try left: for a request that
-        may be replayed, the engine then fails the attempt with STATUS and makes the next."""
+    def answered(self, exchange: ProxyExchange[T], target: T, status: int) -> bytes | None:
+        """An answer arrived: count it, and give the field lines ("Name: value\r\n"
+        each) added to it on its way to the client. None turns it down (nginx's
+        `proxy_next_upstream http_502`), which a route may do only for a request that
+        may be replayed (`exchange.replayable`) and while it has a try left: the engine
+        then fails the attempt with STATUS and makes the next."""
         ...
 
     def release(self, exchange: ProxyExchange[T], target: T) -> None:
@@ -122,10 +124,6 @@ class Route(Protocol[T]):
     def request_fields(self, request: Request) -> bytes:
         """Field lines ("Name: value\\r\\n" each) added to the request sent upstream,
         after the engine's X-Forwarded-For and X-Forwarded-Proto."""
-        ...
-
-    def response_fields(self, exchange: ProxyExchange[T], target: T) -> bytes:
-        """Field lines added to the answer relayed to the client."""
         ...
 
     def error(self, status: int, detail: str) -> Response:
@@ -162,7 +160,8 @@ class ProxyExchange(Generic[T]):
         """The whole final answer arrived, the connection is back in its pool."""
         target = self.target
         assert target is not None
-        if not self._take_answer(target, head.status):
+        added = self._take_answer(target, head.status)
+        if added is None:
             self.request.continue_in_task(self.forward)
             return
         route = self.forwarder.route
@@ -171,10 +170,10 @@ class ProxyExchange(Generic[T]):
         request = self.request
         passed_on = relayed_head(head.raw)
         if passed_on is not None:
-            request.respond_raw(head.status, passed_on + route.response_fields(self, target), body)
+            request.respond_raw(head.status, passed_on + added, body)
             return
         body, framing = whole_body(head, body)
-        request.respond(self._relay(target, head, body, framing))
+        request.respond(_relayed(head, body, framing, added))
 
     def must_wait(self, connection: UpstreamConnection | None) -> None:
         """The answer must be read in the task (long, interim, failed), on `connection`;
@@ -218,28 +217,31 @@ class ProxyExchange(Generic[T]):
                 self.target = None
                 route.release(self, target)
                 raise
-            if not self._take_answer(target, response.status):
+            added = self._take_answer(target, response.status)
+            if added is None:
                 if response.take_complete_body() is None:  # all here: the connection stays
                     await response.aclose()
                 continue
             self.target = None  # released when the body has been relayed
             body, framing = relay_body(response, functools.partial(route.release, self, target))
-            return self._relay(target, response.head, body, framing)
+            return _relayed(response.head, body, framing, added)
 
     # what both paths share
 
-    def _take_answer(self, target: T, status: int) -> bool:
-        """Account for an answer; False when the route turned it down and the next
-        attempt is to be made (only ever for a request that may be replayed)."""
-        if not self.forwarder.route.answered(self, target, status) and self.replayable:
+    def _take_answer(self, target: T, status: int) -> bytes | None:
+        """Account for an answer: the field lines the route adds to it, or None when the
+        route turned it down and the next attempt is to be made."""
+        added = self.forwarder.route.answered(self, target, status)
+        if added is None:
+            assert self.replayable, "a route turned down the answer to a request it can't replay"
             self._attempt_failed(target, STATUS, f"answered {status}", False)
-            return False
+            return None
         self.request.upstream = {
             "ua": target.label,
             "us": status,
             "urt": time.monotonic() - self.started,
         }
-        return True
+        return added
 
     def _attempt_failed(self, target: T, kind: str, reason: str, response_started: bool) -> bool:
         """End the current attempt as failed; True when another one may follow. The one
@@ -260,18 +262,16 @@ class ProxyExchange(Generic[T]):
             return True
         return False
 
-    def _relay(
-        self,
-        target: T,
-        head: ResponseHead,
-        body: bytes | AsyncIterable[bytes],
-        framing: hdrs.Headers,
-    ) -> Response:
-        route = self.forwarder.route
-        fields = hdrs.end_to_end(head.headers)
-        fields += framing
-        fields += hdrs.parse_lines(route.response_fields(self, target))
-        return Response(head.status, fields, body, head.reason)
+
+def _relayed(
+    head: ResponseHead, body: bytes | AsyncIterable[bytes], framing: hdrs.Headers, added: bytes
+) -> Response:
+    """An answer rebuilt field by field: its end-to-end fields, the relay's framing, and
+    the route's fields."""
+    fields = hdrs.end_to_end(head.headers)
+    fields += framing
+    fields += hdrs.parse_lines(added)
+    return Response(head.status, fields, body, head.reason)
 
 
 def _kind(error: UpstreamError) -> str:

@@ -134,6 +134,12 @@ _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IG
 _TRANSFER_ENCODING: Final = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 
 
+# (Content-Length, chunked, expects 100-continue) of a request with none of those fields
+_NO_FRAMING: Final = (None, False, False)
+# What llhttp raises when it stops in the middle of what it was fed.
+_STOPS: Final = (httptools.HttpParserUpgrade, httptools.HttpParserError)
+
+
 def complete_messages(events: list[Event]) -> list[Event]:
     """The events of the messages that ended before a fault. A head whose message broke
     (say, a Transfer-Encoding llhttp refuses after the head) must not be acted on."""
@@ -164,16 +170,15 @@ class _Parser(ABC):
     def feed(self, data: bytes) -> list[Event]:
         """The events of `data` (see the module's docstring)."""
 
-    def _run(self, data: bytes, events: list[Event]) -> None:
-        """llhttp over `data`, its callbacks adding to `events`."""
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
+    def _stopped(self, stop: Exception, data: bytes, events: list[Event]) -> None:
+        """llhttp stopped in `data` (each `feed` runs it, and calls this when it raises):
+        after an upgrade request's head, parsing goes on; an error is raised as ours."""
+        if isinstance(stop, httptools.HttpParserUpgrade):
             # llhttp stops after an upgrade (or CONNECT) request's head. Neither is
             # supported, so the message is treated as a plain one (the Upgrade field is
             # hop-by-hop and never forwarded) and parsing goes on with a fresh parser.
             self._check_upgrade(events)
-            offset = upgrade.args[0]
+            offset = stop.args[0]
             self._parser = self._new_parser()
             try:
                 events.extend(self.feed(data[offset:]))
@@ -181,16 +186,16 @@ class _Parser(ABC):
                 later.events = events + later.events
                 raise
             self._events = events
-        except httptools.HttpParserError as exc:
-            # httptools turns an exception raised in a callback into its own
-            # HttpParserCallbackError; ours was kept aside in _refusal.
-            refusal, self._refusal = self._refusal, None
-            if refusal is None:
-                reason = str(exc)
-                invalid_version = reason == "Invalid HTTP version"
-                refusal = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
-            refusal.events = complete_messages(events)
-            raise refusal from exc
+            return
+        # httptools turns an exception raised in a callback into its own
+        # HttpParserCallbackError; ours was kept aside in _refusal.
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            reason = str(stop)
+            invalid_version = reason == "Invalid HTTP version"
+            refusal = VersionNotSupported(reason) if invalid_version else ProtocolError(reason)
+        refusal.events = complete_messages(events)
+        raise refusal from stop
 
     def _check_upgrade(self, events: list[Event]) -> None:  # noqa: B027 - optional hook
         """Refuse an upgrade the parser cannot treat as a plain message (requests: CONNECT)."""
@@ -233,8 +238,7 @@ class RequestParser(_Parser):
         max_header_fields: int = MAX_HEADER_FIELDS,
     ) -> None:
         self._fed = 0  # bytes given to the current feed()
-        self._raw_head_size = 0  # bytes fed while a head was incomplete from the start
-        self._next_head()
+        self._valid_host: bytes | None = None  # the last Host checked: most repeat it
         super().__init__(max_header_bytes, max_header_fields)
 
     def _new_parser(self) -> httptools.HttpRequestParser:
@@ -244,7 +248,10 @@ class RequestParser(_Parser):
         events = self._events = []
         self._fed = len(data)
         continuing_head = self._in_head
-        self._run(data, events)
+        try:
+            self._parser.feed_data(data)
+        except _STOPS as stop:
+            self._stopped(stop, data, events)
         if self._in_head and continuing_head:
             # httptools buffers a half-received header value without calling back, so
             # the callbacks alone would let one endless header grow without bound. The
@@ -255,15 +262,24 @@ class RequestParser(_Parser):
                 self._too_large(events)
         return events
 
-    def _next_head(self) -> None:
-        """Ready for the next request's head."""
+    # What a request's head is gathered in, from its first byte (on_message_begin)
+    _target: bytes
+    _headers: hdrs.Headers
+    _hosts: list[bytes]  # Host values, checked once the head is complete
+    # Content-Length, Transfer-Encoding and Expect as on_header met them (lower-case
+    # names): most requests have none, so none is made
+    _framing: dict[bytes, bytes] | None
+    _relayable: bool
+    _raw_head_size: int  # bytes fed while the head was incomplete from the start
+
+    def on_message_begin(self) -> None:
+        self._in_head = self.in_message = True
         self._target = b""
-        self._headers: hdrs.Headers = []
-        self._hosts: list[bytes] = []  # Host values, checked once the head is complete
-        # Content-Length, Transfer-Encoding and Expect as on_header met them (lower-case
-        # names): most requests have none, so none is made
-        self._framing: dict[bytes, bytes] | None = None
+        self._headers = []
+        self._hosts = []
+        self._framing = None
         self._relayable = True
+        self._raw_head_size = 0
 
     def _check_size(self) -> None:
         """The header limits, for a head that began in a read larger than the size limit
@@ -303,17 +319,20 @@ class RequestParser(_Parser):
             self._check_size()
         if len(headers) > self.max_header_fields:
             self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
-        length = chunked = expect = None
-        if self._framing is not None:
-            length, chunked, expect = self._framing_of(self._framing, version)
+        framing = self._framing
+        length, chunked, expect = (
+            _NO_FRAMING if framing is None else self._framing_of(framing, version)
+        )
         hosts = self._hosts
         if len(hosts) != 1:
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; two could
             # route the request one way here and another way behind us.
             if hosts or version == "1.1":
                 self._refuse(ProtocolError(f"{len(hosts)} Host fields in the request"))
-        elif _HOST.fullmatch(hosts[0]) is None:
-            self._refuse(ProtocolError(f"invalid Host {hosts[0]!r}"))
+        elif hosts[0] != self._valid_host:
+            if _HOST.fullmatch(hosts[0]) is None:
+                self._refuse(ProtocolError(f"invalid Host {hosts[0]!r}"))
+            self._valid_host = hosts[0]
         parser = self._parser
         self._events.append(
             RequestHead(
@@ -322,29 +341,27 @@ class RequestParser(_Parser):
                 version,
                 headers,
                 parser.should_keep_alive(),
-                chunked is not None,
+                chunked,
                 length,
-                expect is not None,
+                expect,
                 hosts[0] if hosts else None,
                 self._relayable,
             )
         )
-        self._next_head()
-        self._raw_head_size = 0
 
     def _framing_of(
         self, framing: dict[bytes, bytes], version: str
-    ) -> tuple[int | None, bool | None, bool | None]:
-        """(Content-Length, chunked or None, expects 100-continue or None)."""
+    ) -> tuple[int | None, bool, bool]:
+        """(Content-Length, chunked, expects 100-continue)."""
         length = framing.get(b"content-length")
-        chunked = b"transfer-encoding" in framing or None  # llhttp: it ends in `chunked`
+        chunked = b"transfer-encoding" in framing  # llhttp: it ends in `chunked`
         if chunked and version == "1.0":
             # RFC 9112 §6.1: a server receiving Transfer-Encoding in HTTP/1.0 ought to
             # treat the framing as faulty and close; refusing is the safe reading.
             self._refuse(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
         expect = framing.get(b"expect", b"").lower() == b"100-continue" and version == "1.1"
         # llhttp has checked the length's digits and refused two of them
-        return None if length is None else int(length), chunked, expect or None
+        return None if length is None else int(length), chunked, expect
 
     def _check_upgrade(self, events: list[Event]) -> None:
         if self._parser.get_method() == b"CONNECT":
@@ -394,7 +411,10 @@ class ResponseParser(_Parser):
         elif self._in_head:
             self._pending += data
         events = self._events = []
-        self._run(data, events)
+        try:
+            self._parser.feed_data(data)
+        except _STOPS as stop:
+            self._stopped(stop, data, events)
         if self._in_head and len(self._pending) > self.max_header_bytes:
             self._too_large(events)
         if self._dropped:

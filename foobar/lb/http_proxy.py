@@ -138,27 +138,14 @@ class HttpFrontend:
             reason,
         )
 
-    def answered(self, exchange: ProxyExchange[Server], server: Server, status: int) -> bool:
+    def answered(self, exchange: ProxyExchange[Server], server: Server, status: int) -> bytes:
         plan: Plan = exchange.plan  # type: ignore[assignment]
-        backend = plan[0]
+        backend, sticky = plan
         server.counters.requests += 1
         if status >= 500:
             backend.failed(server, "response")
         else:
             backend.succeeded(server)
-        return True
-
-    def release(self, exchange: ProxyExchange[Server], server: Server) -> None:
-        plan: Plan = exchange.plan  # type: ignore[assignment]
-        backend = plan[0]
-        backend.release(server)
-
-    def request_fields(self, request: Request) -> bytes:
-        return b""
-
-    def response_fields(self, exchange: ProxyExchange[Server], server: Server) -> bytes:
-        plan: Plan = exchange.plan  # type: ignore[assignment]
-        backend, sticky = plan
         cookie = backend.settings.cookie
         if cookie is None or sticky is server:
             return self._added_lines
@@ -167,6 +154,14 @@ class HttpFrontend:
             server.name.encode(),
             self._added_lines,
         )
+
+    def release(self, exchange: ProxyExchange[Server], server: Server) -> None:
+        plan: Plan = exchange.plan  # type: ignore[assignment]
+        backend = plan[0]
+        backend.release(server)
+
+    def request_fields(self, request: Request) -> bytes:
+        return b""
 
     def error(self, status: int, detail: str) -> Response:
         return self.finish(

@@ -194,6 +194,12 @@ class Backend:
         self._slots_limited = any(server.settings.maxconn for server in self.servers)
         self.algorithm: Algorithm = algorithms.create(settings.algorithm)
         self.algorithm.update(self.servers)
+        # leastconn and the like follow the load; the others are not told of it
+        algorithm_type = type(self.algorithm)
+        self._tell_algorithm = (
+            algorithm_type.started is not Algorithm.started
+            or algorithm_type.finished is not Algorithm.finished
+        )
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.queued_max = 0
         # the plan: the usable servers in the order the algorithm takes them (None: it
@@ -264,6 +270,12 @@ class Backend:
         request would have to queue, or nothing is up (`acquire()` says which)."""
         if self._queue:
             return None  # first come, first served: the queue goes before
+        turns = self._turns
+        if turns and not self._slots_limited and time.monotonic() < self._turns_until:
+            server = turns[self._next_turn]  # the common case of _take_free, shortened
+            self._next_turn = (self._next_turn + 1) % len(turns)
+            self.take(server)
+            return server
         return self._take_free(None, request, None)
 
     def _take_free(
@@ -296,7 +308,7 @@ class Backend:
         for _ in range(count):
             server = turns[self._next_turn]
             self._next_turn = (self._next_turn + 1) % count
-            if server.has_slot:
+            if not self._slots_limited or server.has_slot:
                 return server
         return None
 
@@ -306,11 +318,13 @@ class Backend:
         counters.sessions_total += 1
         if active > counters.sessions_max:
             counters.sessions_max = active
-        self.algorithm.started(server)
+        if self._tell_algorithm:
+            self.algorithm.started(server)
 
     def release(self, server: Server) -> None:
         server.active -= 1
-        self.algorithm.finished(server)
+        if self._tell_algorithm:
+            self.algorithm.finished(server)
         if self._queue:
             self.wake_one()
 

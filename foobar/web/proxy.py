@@ -160,16 +160,18 @@ class UpstreamGroup:
     ) -> None:
         self._failed(upstream, "502" if kind == STATUS else kind, reason)
 
-    def answered(self, exchange: ProxyExchange[Upstream], upstream: Upstream, status: int) -> bool:
+    def answered(
+        self, exchange: ProxyExchange[Upstream], upstream: Upstream, status: int
+    ) -> bytes | None:
         if (
             status == 502
             and exchange.replayable
             and exchange.attempt + 1 < len(self.plan(exchange))
         ):
-            return False  # `proxy_next_upstream http_502`: the next upstream's turn
+            return None  # `proxy_next_upstream http_502`: the next upstream's turn
         upstream.latency(time.monotonic() - exchange.started)
         upstream.fails = 0
-        return True
+        return self._added_lines
 
     def release(self, exchange: ProxyExchange[Upstream], upstream: Upstream) -> None:
         pass  # nginx's upstreams have no slots here: `max_conns` is not built
@@ -178,9 +180,6 @@ class UpstreamGroup:
         host = request.head.host
         real_ip = b"X-Real-IP: %s\r\n" % request.client[0].encode()
         return real_ip if host is None else real_ip + b"X-Forwarded-Host: %s\r\n" % host
-
-    def response_fields(self, exchange: ProxyExchange[Upstream], upstream: Upstream) -> bytes:
-        return self._added_lines
 
     def error(self, status: int, detail: str) -> Response:
         log.info("event=proxy_error status=%d reason=%r", status, detail)
