@@ -32,7 +32,7 @@ import logging
 import ssl as ssl_module
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from foobar.http import headers as hdrs
 from foobar.http import limits
@@ -132,30 +132,27 @@ class UpstreamConnection(FlowControlled):
             if events:
                 self.queue(events)
             return
-        self.events.extend(events)  # counted in `buffered` only if a task is to read them
-        if END in events:
-            self._answer(waiter)
-        elif sum(len(event) for event in self.events if isinstance(event, bytes)) > (
-            limits.DIRECT_RESPONSE_BYTES
-        ):
-            self._hand_to_task()
-
-    def _answer(self, waiter: AnswerWaiter) -> None:
-        """A message ended while a request is answered in callbacks: pass the final answer
-        on whole, or hand it to a task (an interim 1xx)."""
-        events = self.events
+        if END not in events:
+            self.events.extend(events)  # counted in `buffered` only if a task is to read them
+            if sum(len(event) for event in self.events if isinstance(event, bytes)) > (
+                limits.DIRECT_RESPONSE_BYTES
+            ):
+                self._hand_to_task()
+            return
+        # A message ended while a request is answered in callbacks: pass the final answer
+        # on whole, or hand it to a task (an interim 1xx).
+        if self.events:
+            events = [*self.events, *events]
+            self.events.clear()
         head = events[0]
         if not isinstance(head, ResponseHead) or head.status < 200 or head.status == 101:
+            self.events.extend(events)
             self._hand_to_task()
             return
-        events.popleft()
-        chunks = []
-        while (event := events.popleft()) is not END:
-            assert isinstance(event, bytes)
-            chunks.append(event)
         self.waiter = None
         self.pool.release(self, head.keep_alive and not self.parser.surplus)
-        waiter.answer_arrived(head, b"".join(chunks) if len(chunks) != 1 else chunks[0])
+        chunks = cast(list[bytes], events[1:-1])  # between the head and its END: the body
+        waiter.answer_arrived(head, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _hand_to_task(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -217,6 +214,10 @@ class UpstreamConnection(FlowControlled):
             self.parser.expect_head_response()
         self._last_read = self.loop.time()
         self.response_started = False
+        if self._timer is None:  # arm_read_timeout(), inline: this runs per request
+            self._timer = self.loop.call_at(
+                self._last_read + self.pool.config.read_timeout, self._on_timer
+            )
 
     def arm_read_timeout(self) -> None:
         if self._timer is None:
@@ -438,7 +439,6 @@ class UpstreamPool:
         connection.waiter = waiter
         connection.started_request(method)
         transport.write(head)
-        connection.arm_read_timeout()
 
     async def _response(self, connection: UpstreamConnection) -> UpstreamResponse:
         """The answer to a request already sent on `connection`, awaited in a task."""

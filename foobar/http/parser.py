@@ -118,6 +118,7 @@ class ResponseHead:
 Event = RequestHead | ResponseHead | bytes | EndOfMessage
 
 SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
+_VERSIONS: Final = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
@@ -209,6 +210,13 @@ class _Parser(ABC):
         too_large = HeadersTooLarge(f"header block over {self.max_header_bytes} bytes")
         too_large.events = complete_messages(events)
         raise too_large
+
+    def _checked_version(self) -> str:
+        """The message's HTTP version from llhttp: 1.0 or 1.1, others are refused."""
+        version: str = self._parser.get_http_version()
+        if version not in SUPPORTED_VERSIONS:
+            self._refuse_version(version)
+        return version
 
     def _refuse_version(self, version: str) -> NoReturn:
         """Refuse every HTTP version but 1.0 and 1.1."""
@@ -311,7 +319,7 @@ class RequestParser(_Parser):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        version: str = self._parser.get_http_version()
+        version: str = self._parser.get_http_version()  # (inline: this runs per request)
         if version not in SUPPORTED_VERSIONS:
             self._refuse_version(version)
         headers = self._headers
@@ -437,17 +445,17 @@ class ResponseParser(_Parser):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        version: str = self._parser.get_http_version()
-        if version not in SUPPORTED_VERSIONS:
-            self._refuse_version(version)
         pending = self._pending
+        # read from the status line: llhttp's accessor formats a string (2k instructions)
+        version = _VERSIONS.get(pending[:8]) or self._checked_version()
         end = pending.find(b"\r\n\r\n") + 4
         if end < 4:  # its first byte was not where a response may start
             self._refuse(ProtocolError("response after the end of the answer"))
         raw = pending[:end]
         if end > self.max_header_bytes:
             self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
-        if raw.count(b"\r\n") - 2 > self.max_header_fields:
+        # a field line takes 4 bytes at least: a short head can't have too many
+        if end > 4 * self.max_header_fields and raw.count(b"\r\n") - 2 > self.max_header_fields:
             self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
         parser = self._parser
         status = parser.get_status_code()

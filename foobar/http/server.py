@@ -428,7 +428,8 @@ class Connection(FlowControlled):
         request.raw = raw
         self._direct = request
         self._direct_since = self._last_read
-        self._enter(DIRECT)
+        assert self.phase is IDLE  # _enter(DIRECT), inline on the fast path
+        self.phase = DIRECT
         try:
             if self.fast_handler(request):
                 return True
@@ -640,7 +641,8 @@ class Connection(FlowControlled):
         self, request: Request, status: int, sent: int, keep_alive: bool
     ) -> None:
         self._direct = None
-        self._enter(IDLE)
+        assert self.phase is DIRECT  # _enter(IDLE), inline on the fast path
+        self.phase = IDLE
         self._answered(request, status, sent, self._direct_since)
         if not keep_alive:
             self._end()
