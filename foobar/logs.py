@@ -21,7 +21,7 @@ import atexit
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Final, TextIO
 
 from foobar.http.server import Exchange
 
@@ -118,19 +118,33 @@ def _quoted(value: bytes | None) -> str:
     return f'"{text}"'
 
 
+# Seconds with three decimals, as nginx logs times: formatting a float costs more than the
+# rest of the line, so the values under a second (nearly all) are made once.
+_MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
+
+
+def _seconds(value: float) -> str:
+    milliseconds = int(value * 1000 + 0.5)
+    return _MILLISECONDS[milliseconds] if 0 <= milliseconds < 1000 else f"{value:.3f}"
+
+
 def access_line(exchange: Exchange) -> str:
     request = exchange.request
     head = request.head
+    referer, user_agent = head.referer, head.user_agent
+    referer_text = '"-"' if referer is None else _quoted(referer)
+    user_agent_text = '"-"' if user_agent is None else _quoted(user_agent)
     line = (
         f"{request.client[0]} - - [{_local_time(exchange.started)}] "
         f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
-        f"{exchange.status} {exchange.bytes_sent} "
-        f"{_quoted(request.header(b'referer'))} {_quoted(request.header(b'user-agent'))} "
-        f"rt={exchange.duration:.3f}"
+        f"{exchange.status} {exchange.bytes_sent} {referer_text} {user_agent_text} "
+        f"rt={_seconds(exchange.duration)}"
     )
-    for key, value in request.upstream.items():
-        line += f" {key}={value:.3f}" if isinstance(value, float) else f" {key}={value}"
-    return line
+    upstream = request.upstream
+    if upstream is None:
+        return line
+    address, status, seconds = upstream
+    return f"{line} ua={address} us={status} urt={_seconds(seconds)}"
 
 
 def log_access(exchange: Exchange) -> None:

@@ -43,12 +43,22 @@ def test_access_line_is_combined_format_plus_times() -> None:
     )[0]
     assert isinstance(head, RequestHead)
     request = Request(head, FakeConnection())  # type: ignore[arg-type]
-    request.upstream = {"ua": "10.0.0.3:8000", "urt": "0.003"}
+    request.upstream = ("10.0.0.3:8000", 201, 0.0026)
     line = logs.access_line(Exchange(request, 200, 512, 1_764_172_253.0, 0.0042))
     assert line == (
         '192.0.2.7 - - [26/Nov/2025:15:50:53 +0000] "GET /api/posts?limit=2 HTTP/1.1" 200 512 '
-        '"http://x/" "curl/8 \\"quoted\\"" rt=0.004 ua=10.0.0.3:8000 urt=0.003'
+        '"http://x/" "curl/8 \\"quoted\\"" rt=0.004 ua=10.0.0.3:8000 us=201 urt=0.003'
     )
+    request.upstream = None
+    slow = logs.access_line(Exchange(request, 200, 512, 1_764_172_253.0, 12.3456))
+    assert slow.endswith(" rt=12.346")
+
+
+@pytest.mark.parametrize(
+    "seconds", [0.0, 0.0004, 0.0005, 0.0015, 0.1234, 0.9994, 0.9996, 1.0, 7.25]
+)
+def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
+    assert logs._seconds(seconds) == f"{seconds:.3f}"
 
 
 def test_setup_sends_event_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -236,11 +236,7 @@ class ProxyExchange(Generic[T]):
             assert self.replayable, "a route turned down the answer to a request it can't replay"
             self._attempt_failed(target, STATUS, f"answered {status}", False)
             return None
-        self.request.upstream = {
-            "ua": target.label,
-            "us": status,
-            "urt": time.monotonic() - self.started,
-        }
+        self.request.upstream = (target.label, status, time.monotonic() - self.started)
         return added
 
     def _attempt_failed(self, target: T, kind: str, reason: str, response_started: bool) -> bool:

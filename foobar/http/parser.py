@@ -63,6 +63,9 @@ class RequestHead:
     # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED): a proxy may
     # pass the head on as received
     relayable: bool = False
+    # what the access log shows, noted as the fields pass (nginx's headers_in does so)
+    referer: bytes | None = None
+    user_agent: bytes | None = None
 
     @property
     def has_body(self) -> bool:
@@ -123,12 +126,14 @@ _VERSIONS: Final = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 # What on_header notes of a request's fields, by lower-case name: Host, the framing
-# fields, and the fields that keep a head from being relayed as received.
-_HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD = 1, 2, 4
+# fields, the fields that keep a head from being relayed as received, and the access
+# log's two.
+_HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD, _LOGGED_FIELD = 1, 2, 4, 8
 _NOTED: Final = {name: _NOT_RELAYED_FIELD for name in hdrs.NOT_RELAYED}
 _NOTED[b"host"] = _HOST_FIELD
 _NOTED[b"content-length"] = _NOTED[b"expect"] = _FRAMING_FIELD
 _NOTED[b"transfer-encoding"] = _FRAMING_FIELD | _NOT_RELAYED_FIELD
+_NOTED[b"referer"] = _NOTED[b"user-agent"] = _LOGGED_FIELD
 # The framing fields of a response head, found in its bytes (whole field names: llhttp
 # refused bare LFs, so every "\r\n" starts a field line).
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
@@ -278,6 +283,8 @@ class RequestParser(_Parser):
     # names): most requests have none, so none is made
     _framing: dict[bytes, bytes] | None
     _relayable: bool
+    _referer: bytes | None
+    _user_agent: bytes | None
     _raw_head_size: int  # bytes fed while the head was incomplete from the start
 
     def on_message_begin(self) -> None:
@@ -287,6 +294,7 @@ class RequestParser(_Parser):
         self._hosts = []
         self._framing = None
         self._relayable = True
+        self._referer = self._user_agent = None
         self._raw_head_size = 0
 
     def _check_size(self) -> None:
@@ -309,6 +317,12 @@ class RequestParser(_Parser):
             return
         if noted == _HOST_FIELD:
             self._hosts.append(value)
+            return
+        if noted == _LOGGED_FIELD:
+            if lowered == b"referer":
+                self._referer = value
+            else:
+                self._user_agent = value
             return
         if noted & _NOT_RELAYED_FIELD:
             self._relayable = False
@@ -354,6 +368,8 @@ class RequestParser(_Parser):
                 expect,
                 hosts[0] if hosts else None,
                 self._relayable,
+                self._referer,
+                self._user_agent,
             )
         )
 

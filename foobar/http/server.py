@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from types import MappingProxyType
 from typing import Any, Final
 
 from foobar.http import headers as hdrs
@@ -78,6 +77,10 @@ class ServerConfig:
 
 
 Handler = Callable[["Request"], Awaitable[Response]]
+# A proxied request's upstream, as nginx logs $upstream_addr, $upstream_status and
+# $upstream_response_time: the server's address, its answer's status, and the seconds
+# from the attempt's start to that answer.
+UpstreamLog = tuple[str, int, float]
 FastHandler = Callable[["Request"], bool]
 
 
@@ -118,8 +121,8 @@ class Request:
         # The head as received, when it came alone in one read (the fast path's common
         # case): a proxy passes it on as it is instead of rebuilding it field by field.
         self.raw: bytes | None = None
-        # what a proxying handler tells the access log (ua, urt...), formatted only if logged
-        self.upstream: Mapping[str, object] = _NO_UPSTREAM
+        # what a proxying handler tells the access log, formatted only if logged
+        self.upstream: UpstreamLog | None = None
         self._fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
         self._connection = connection
 
@@ -253,7 +256,6 @@ class RequestBody:
 # The body of every request the fast path takes: none, already complete. Shared: nothing
 # writes to a complete body.
 NO_BODY: Final = RequestBody(None, None)
-_NO_UPSTREAM: Final[Mapping[str, object]] = MappingProxyType({})
 
 
 class ServerState:
