@@ -92,6 +92,7 @@ class Session:
         assert side.transport is not None
         peer = side.transport.get_extra_info("peername")
         self.client_address = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
+        self.arm_timer()  # now, not once the server is picked: a preamble may never end
         if self.preamble is None:
             self.start()
 
@@ -99,7 +100,6 @@ class Session:
         assert self.client_side is not None and self.client_side.transport is not None
         self.client_side.transport.pause_reading()  # until the server is connected
         self.frontend.connect_task(self)
-        self.arm_timer()
 
     def touch(self) -> None:
         self.last_activity = self.loop.time()

@@ -212,3 +212,85 @@ async def test_tcp_accept_proxy_picks_by_the_real_client(start_lb: StartLb) -> N
     assert len(set(first.values())) > 1, first  # and the clients spread
     assert all(data == b"payload" for _, data in received)  # the preamble was not passed on
     assert len(received) == 16
+
+
+IDLE = 0.5  # the timeout_client of the idle-timeout tests, in seconds
+
+
+async def tcp_frontend_port(start_lb: StartLb, backend_port: int, **frontend: Any) -> int:
+    """A balancer with one tcp frontend (timeout_client IDLE) to one server; its port."""
+    lb = await start_lb(
+        frontends=[
+            {
+                "name": "tcp",
+                "bind": "127.0.0.1:0",
+                "mode": "tcp",
+                "backend": "b",
+                "timeout_client": IDLE,
+                **frontend,
+            }
+        ],
+        backends=[{"name": "b", "check": None, "servers": [f"s=127.0.0.1:{backend_port}"]}],
+    )
+    tcp = lb.balancer.listeners["tcp"].tcp
+    assert tcp is not None and tcp.listener is not None
+    return tcp.listener.address[1]
+
+
+async def closed_after(reader: asyncio.StreamReader) -> float:
+    """Seconds until the balancer closes the connection (nothing more may arrive)."""
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 10 * IDLE) == b""
+    return asyncio.get_running_loop().time() - started
+
+
+async def test_bytes_from_the_client_keep_a_connection_open_past_the_timeout(
+    start_lb: StartLb,
+) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+        writer.close()
+
+    async with await asyncio.start_server(echo, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(start_lb, server.sockets[0].getsockname()[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(12):  # 4 timeouts' worth of traffic, a third of one apart
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+            await asyncio.sleep(IDLE / 3)
+        assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
+        writer.close()
+
+
+async def test_bytes_from_the_server_keep_a_connection_open_past_the_timeout(
+    start_lb: StartLb,
+) -> None:
+    async def ticking(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(12):
+            writer.write(b"tick")
+            await asyncio.sleep(IDLE / 3)
+        await reader.read()  # then silent, until the balancer closes
+
+    async with await asyncio.start_server(ticking, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(start_lb, server.sockets[0].getsockname()[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.readexactly(4 * 12), 10) == b"tick" * 12
+        assert await closed_after(reader) < IDLE * 3
+        writer.close()
+
+
+async def test_a_client_that_never_sends_its_proxy_preamble_is_closed(
+    start_lb: StartLb,
+) -> None:
+    async def unused(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with await asyncio.start_server(unused, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(
+            start_lb, server.sockets[0].getsockname()[1], accept_proxy=True
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4 ")  # and nothing more
+        assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
+        writer.close()
