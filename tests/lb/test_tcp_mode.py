@@ -250,6 +250,17 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
+async def echoed_past_the_timeout(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Four timeouts' worth of pings to the echo server, a third of a timeout apart: each
+    comes back, the balancer never finds the connection idle."""
+    for _ in range(12):
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        await asyncio.sleep(IDLE / 3)
+
+
 async def closed_after(reader: asyncio.StreamReader) -> float:
     """Seconds until the balancer closes the connection (nothing more may arrive)."""
     started = asyncio.get_running_loop().time()
@@ -291,10 +302,7 @@ async def test_bytes_from_the_client_keep_a_connection_open_past_the_timeout(
     async with await asyncio.start_server(echo, "127.0.0.1", 0) as server:
         port = await tcp_frontend_port(start_lb, server.sockets[0].getsockname()[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(12):  # 4 timeouts' worth of traffic, a third of one apart
-            writer.write(b"ping")
-            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
-            await asyncio.sleep(IDLE / 3)
+        await echoed_past_the_timeout(reader, writer)
         assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
         writer.close()
 
@@ -345,12 +353,7 @@ async def test_tls_terminated_bytes_are_spliced_and_timed_out(
     context = ssl.create_default_context()
     authority.configure_trust(context)
 
-    async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data.upper())
-        writer.close()
-
-    async with await asyncio.start_server(upper, "127.0.0.1", 0) as server:
+    async with await asyncio.start_server(echo, "127.0.0.1", 0) as server:
         port = await tcp_frontend_port(
             start_lb,
             server.sockets[0].getsockname()[1],
@@ -358,8 +361,6 @@ async def test_tls_terminated_bytes_are_spliced_and_timed_out(
             tls_key=str(key),
         )
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
-        for word in (b"one", b"two", b"three"):
-            writer.write(word)
-            assert await asyncio.wait_for(reader.readexactly(len(word)), 5) == word.upper()
+        await echoed_past_the_timeout(reader, writer)
         assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
         writer.close()
