@@ -7,7 +7,7 @@ high-water mark, the other side stops being read until it drains, so memory stay
 whatever the sizes. A FIN from one side is passed on (half-close) while the other
 direction keeps flowing; the connection ends when both directions have ended, either side
 is lost, or nothing moved for the client/server timeout, as the kernel tells it
-(`seconds_since_data`), so that no chunk is timed. A connection failure is retried (`retries`),
+(`seconds_since_data`: no chunk is timed). A connection failure is retried (`retries`),
 on another server when there is one (`redispatch`).
 """
 
@@ -41,8 +41,8 @@ _LAST_DATA = struct.Struct("=I4xI")
 
 def seconds_since_data(transport: asyncio.BaseTransport) -> float:
     """Seconds since data last went out of or came in on the transport's TCP connection.
-    The kernel stamps every segment (TCP_INFO, Linux), so the proxy has no clock to reset
-    per chunk; a socket already closed counts as idle for ever."""
+    The kernel keeps both times (TCP_INFO, Linux), so the proxy has no clock to reset per
+    chunk; a socket already closed counts as idle for ever."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return math.inf
@@ -76,13 +76,13 @@ class Side(asyncio.Protocol):
         """Only until `splice`: a PROXY preamble, and bytes that come before the server."""
         self.session.forward(self, data)
 
-    def splice(self, other: asyncio.Transport) -> None:
-        """From now on what this side sends is handed to `other.write` by the transport
+    def splice(self, peer: asyncio.Transport) -> None:
+        """From now on what this side sends is handed to `peer.write` by the transport
         itself. uvloop looks `data_received` up when the protocol is set, hence the
         set_protocol: the bound method is called from its read callback, and no Python
-        frame runs per chunk (they were half the user-space instructions of a forwarded
-        request, `make instructions`)."""
-        self.data_received = other.write  # type: ignore[method-assign]
+        frame runs per chunk (those frames were half the user-space instructions of a
+        forwarded request: `python -m loadtests.bench.instructions lb-tcp`)."""
+        self.data_received = peer.write  # type: ignore[method-assign]
         assert self.transport is not None
         self.transport.set_protocol(self)
 
