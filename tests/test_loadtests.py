@@ -19,7 +19,7 @@ import aiomysql
 import pytest
 
 from foobar.up import free_base_port
-from loadtests.bench import floor, peers
+from loadtests.bench import floor, instructions, peers
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
 from loadtests.bench.run import destination
 from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
@@ -197,6 +197,16 @@ def test_the_peers_configurations_do_foobars_work_and_load(tmp_path: Path) -> No
         ["nginx", "-t", "-e", "/dev/null", "-c", str(conf)], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_instructions_counts_tcp_mode_against_haproxy_in_tcp_mode(tmp_path: Path) -> None:
+    lb = instructions.command("lb-tcp", 18080, [18081, 18082], tmp_path)
+    assert lb[lb.index("--mode") + 1] == "tcp" and "--backend=127.0.0.1:18082" in lb
+    haproxy = instructions.command("haproxy-tcp", 18080, [18081, 18082], tmp_path)
+    assert haproxy[:2] == ["haproxy", "-f"]
+    assert Path(haproxy[2]).read_text() == peers.haproxy("tcp", 18080, [18081, 18082])
+    with pytest.raises(SystemExit):
+        instructions.command("nginx", 18080, [18081], tmp_path)
 
 
 async def test_the_floor_relays_round_robin_with_x_forwarded_for_appended() -> None:

@@ -1,17 +1,23 @@
 """TCP mode: a server is picked per connection and bytes move both ways.
 
-Each side is a Protocol. When one side's write buffer passes its high-water mark, the
-other side stops being read until it drains, so memory stays flat whatever the sizes. A
-FIN from one side is passed on (half-close) while the other direction keeps flowing; the
-connection ends when both directions have ended, either side is lost, or nothing moved
-for the client/server timeout. A connection failure is retried (`retries`), on another
-server when there is one (`redispatch`).
+Each side is a Protocol. Once the server is connected, what one side reads goes straight
+into the other's `transport.write`, with no Python in between (`Side.splice`): a chunk
+costs a read and a write, as in HAProxy. When one side's write buffer passes its
+high-water mark, the other side stops being read until it drains, so memory stays flat
+whatever the sizes. A FIN from one side is passed on (half-close) while the other
+direction keeps flowing; the connection ends when both directions have ended, either side
+is lost, or nothing moved for the client/server timeout, as the kernel tells it
+(`seconds_since_data`: no chunk is timed). A connection failure is retried (`retries`),
+on another server when there is one (`redispatch`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
+import struct
 from ssl import SSLContext
 from typing import TYPE_CHECKING, cast
 
@@ -26,6 +32,26 @@ if TYPE_CHECKING:
     from foobar.lb.balancer import Balancer
 
 log = logging.getLogger("foobar.lb.tcp")
+
+# struct tcp_info (linux/tcp.h): milliseconds since the last data segment sent, at byte 44,
+# and received, at byte 52 (tcpi_last_ack_sent, between them, is never set)
+_LAST_DATA_AT = 44
+_LAST_DATA = struct.Struct("=I4xI")
+
+
+def seconds_since_data(transport: asyncio.BaseTransport) -> float:
+    """Seconds since data last went out of or came in on the transport's TCP connection.
+    The kernel keeps both times (TCP_INFO, Linux), so the proxy has no clock to reset per
+    chunk; a socket already closed counts as idle for ever."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return math.inf
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _LAST_DATA_AT + _LAST_DATA.size)
+    except OSError:
+        return math.inf
+    sent_ms, received_ms = _LAST_DATA.unpack_from(info, _LAST_DATA_AT)
+    return float(min(sent_ms, received_ms)) / 1000
 
 
 class Side(asyncio.Protocol):
@@ -47,8 +73,18 @@ class Side(asyncio.Protocol):
         return self.session.server_side if self.is_client else self.session.client_side
 
     def data_received(self, data: bytes) -> None:
-        self.session.touch()
+        """Only until `splice`: a PROXY preamble, and bytes that come before the server."""
         self.session.forward(self, data)
+
+    def splice(self, peer: asyncio.Transport) -> None:
+        """From now on what this side sends is handed to `peer.write` by the transport
+        itself. uvloop looks `data_received` up when the protocol is set, hence the
+        set_protocol: the bound method is called from its read callback, and no Python
+        frame runs per chunk (those frames were half the user-space instructions of a
+        forwarded request: `python -m loadtests.bench.instructions lb-tcp`)."""
+        self.data_received = peer.write  # type: ignore[method-assign]
+        assert self.transport is not None
+        self.transport.set_protocol(self)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -83,7 +119,6 @@ class Session:
         self.pending: list[bytes] = []  # client bytes that arrived before the server
         self.preamble = proxy_protocol.Preamble() if frontend.settings.accept_proxy else None
         self.client_address: tuple[str, int] = ("", 0)
-        self.last_activity = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -92,6 +127,7 @@ class Session:
         assert side.transport is not None
         peer = side.transport.get_extra_info("peername")
         self.client_address = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
+        self.arm_timer(self.frontend.timeout)  # now: a PROXY preamble may never end
         if self.preamble is None:
             self.start()
 
@@ -99,10 +135,6 @@ class Session:
         assert self.client_side is not None and self.client_side.transport is not None
         self.client_side.transport.pause_reading()  # until the server is connected
         self.frontend.connect_task(self)
-        self.arm_timer()
-
-    def touch(self) -> None:
-        self.last_activity = self.loop.time()
 
     def forward(self, side: Side, data: bytes) -> None:
         if side is self.client_side and self.preamble is not None:
@@ -137,14 +169,12 @@ class Session:
 
     def connected(self, server_side: Side, backend: Backend, server: Server) -> None:
         self.server_side, self.backend, self.server = server_side, backend, server
-        assert server_side.transport is not None and self.client_side is not None
+        client_side = self.client_side
+        assert client_side is not None and client_side.transport is not None
+        assert server_side.transport is not None
         if server.settings.send_proxy is not None:
             version = 2 if server.settings.send_proxy == "v2" else 1
-            local = (
-                self.client_side.transport.get_extra_info("sockname")
-                if self.client_side.transport
-                else None
-            )
+            local = client_side.transport.get_extra_info("sockname")
             destination = (local[0], local[1]) if isinstance(local, tuple) else ("0.0.0.0", 0)
             server_side.transport.write(
                 proxy_protocol.build(version, self.client_address, destination)
@@ -152,10 +182,12 @@ class Session:
         for data in self.pending:
             server_side.transport.write(data)
         self.pending.clear()
-        if self.client_side.eof:
+        client_side.splice(server_side.transport)
+        server_side.splice(client_side.transport)
+        if client_side.eof:
             server_side.transport.write_eof()
-        elif self.client_side.transport is not None:
-            self.client_side.transport.resume_reading()
+        else:
+            client_side.transport.resume_reading()
 
     def half_closed(self, side: Side) -> None:
         other = side.other()
@@ -168,18 +200,26 @@ class Session:
     def lost(self, side: Side) -> None:
         self.close()
 
-    def arm_timer(self) -> None:
-        timeout = self.frontend.timeout
-        self.timer = self.loop.call_at(self.last_activity + timeout, self.on_timer)
+    def arm_timer(self, delay: float) -> None:
+        self.timer = self.loop.call_later(delay, self.on_timer)
 
     def on_timer(self) -> None:
         if self.closed:
             return
-        if self.loop.time() >= self.last_activity + self.frontend.timeout:
+        left = self.frontend.timeout - self.idle_seconds()
+        if left > 0:
+            self.arm_timer(left)
+        else:
             log.info("event=idle_timeout peer=%s", self.client_address[0])
             self.close()
-        else:
-            self.arm_timer()
+
+    def idle_seconds(self) -> float:
+        """Since data last moved on either connection, either way."""
+        return min(
+            seconds_since_data(side.transport)
+            for side in (self.client_side, self.server_side)
+            if side is not None and side.transport is not None
+        )
 
     def close(self) -> None:
         if self.closed:

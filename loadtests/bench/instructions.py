@@ -5,6 +5,11 @@ minutes on a busy machine and compared across sessions. It counts what the proce
 not the kernel's share (the same read and write calls for foobar and the floor).
 
     python -m loadtests.bench.instructions lb web floor      # N=2000 requests each
+    python -m loadtests.bench.instructions lb-tcp haproxy-tcp # the balancer's tcp mode
+
+HAProxy is counted the same way in tcp mode, where foobar's target is set against it; the
+count is of the process's user space, so the kernel's share (the same four socket calls a
+request for both, `strace -c`) is not in it.
 
 Each server runs under callgrind behind two nginx backends answering "ok"; 200 requests
 warm the pools, the counters are zeroed, N requests go over 10 keep-alive connections,
@@ -32,15 +37,20 @@ CONNECTIONS = 10
 def command(server: str, port: int, backends: list[int], root: Path) -> list[str]:
     python = [sys.executable, "-m"]
     upstreams = [f"127.0.0.1:{backend}" for backend in backends]
-    if server == "lb":
-        arguments = ["--mode", "http", "--bind", f"127.0.0.1:{port}"]
+    if server in ("lb", "lb-tcp"):
+        mode = "tcp" if server == "lb-tcp" else "http"
+        arguments = ["--mode", mode, "--bind", f"127.0.0.1:{port}"]
         return [*python, "foobar.lb", *arguments, *(f"--backend={a}" for a in upstreams)]
+    if server == "haproxy-tcp":
+        conf = root / f"haproxy-{port}.cfg"
+        conf.write_text(peers.haproxy("tcp", port, backends))
+        return ["haproxy", "-f", str(conf)]
     if server == "web":
         arguments = ["--bind", f"127.0.0.1:{port}", "--root", str(root)]
         return [*python, "foobar.web", *arguments, "--upstream", upstreams[0]]
     if server == "floor":
         return [*python, "loadtests.bench.floor", f"127.0.0.1:{port}", *upstreams]
-    raise SystemExit(f"unknown server {server}: lb, web or floor")
+    raise SystemExit(f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web or floor")
 
 
 async def client(port: int, path: bytes, count: int) -> None:
@@ -98,7 +108,7 @@ def main(servers: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="foobar-instructions-") as folder:
         for server in servers or ["lb", "web", "floor"]:
             count = measure(server, Path(folder))
-            print(f"{server:<6} {count:>10,.0f} instructions per request", flush=True)
+            print(f"{server:<11} {count:>10,.0f} instructions per request", flush=True)
     return 0
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import sys
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from foobar.http import proxy_protocol
 from foobar.http.server import Request, Response, Server
+from foobar.lb import tcp_proxy
 from tests.conftest import foobar_process, peak_rss_mib, start_server, wait_listening
 from tests.dbcluster import free_port
 from tests.lb.conftest import StartLb, url_of
@@ -212,3 +219,148 @@ async def test_tcp_accept_proxy_picks_by_the_real_client(start_lb: StartLb) -> N
     assert len(set(first.values())) > 1, first  # and the clients spread
     assert all(data == b"payload" for _, data in received)  # the preamble was not passed on
     assert len(received) == 16
+
+
+IDLE = 0.5  # the timeout_client of the idle-timeout tests, in seconds
+
+
+async def tcp_frontend_port(start_lb: StartLb, backend_port: int, **frontend: Any) -> int:
+    """A balancer with one tcp frontend (timeout_client IDLE) to one server; its port."""
+    lb = await start_lb(
+        frontends=[
+            {
+                "name": "tcp",
+                "bind": "127.0.0.1:0",
+                "mode": "tcp",
+                "backend": "b",
+                "timeout_client": IDLE,
+                **frontend,
+            }
+        ],
+        backends=[{"name": "b", "check": None, "servers": [f"s=127.0.0.1:{backend_port}"]}],
+    )
+    tcp = lb.balancer.listeners["tcp"].tcp
+    assert tcp is not None and tcp.listener is not None
+    return tcp.listener.address[1]
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1024):
+        writer.write(data)
+    writer.close()
+
+
+async def echoed_past_the_timeout(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Four timeouts' worth of pings to the echo server, a third of a timeout apart: each
+    comes back, the balancer never finds the connection idle."""
+    for _ in range(12):
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        await asyncio.sleep(IDLE / 3)
+
+
+async def closed_after(reader: asyncio.StreamReader) -> float:
+    """Seconds until the balancer closes the connection (nothing more may arrive)."""
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 10 * IDLE) == b""
+    return asyncio.get_running_loop().time() - started
+
+
+async def test_once_joined_the_bytes_run_no_python_in_the_balancer(start_lb: StartLb) -> None:
+    """Each side's reads go straight to the other's transport.write: the per-chunk cost is
+    uvloop's read and write, none of tcp_proxy's code (the balancer runs in this process
+    and thread, so a profile hook sees its calls)."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename == tcp_proxy.__file__:
+            calls[frame.f_code.co_name] += 1
+
+    async with await asyncio.start_server(echo, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(
+            start_lb, server.sockets[0].getsockname()[1], timeout_client=60.0
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"joined?")
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"joined?"
+        sys.setprofile(profile)
+        try:
+            for _ in range(20):
+                writer.write(b"ping")
+                assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        finally:
+            sys.setprofile(None)
+        writer.close()
+    assert not calls, calls
+
+
+async def test_bytes_from_the_client_keep_a_connection_open_past_the_timeout(
+    start_lb: StartLb,
+) -> None:
+    async with await asyncio.start_server(echo, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(start_lb, server.sockets[0].getsockname()[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await echoed_past_the_timeout(reader, writer)
+        assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
+        writer.close()
+
+
+async def test_bytes_from_the_server_keep_a_connection_open_past_the_timeout(
+    start_lb: StartLb,
+) -> None:
+    async def ticking(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(12):
+            writer.write(b"tick")
+            await asyncio.sleep(IDLE / 3)
+        await reader.read()  # then silent, until the balancer closes
+
+    async with await asyncio.start_server(ticking, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(start_lb, server.sockets[0].getsockname()[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.readexactly(4 * 12), 10) == b"tick" * 12
+        assert await closed_after(reader) < IDLE * 3
+        writer.close()
+
+
+async def test_a_client_that_never_sends_its_proxy_preamble_is_closed(
+    start_lb: StartLb,
+) -> None:
+    async def unused(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with await asyncio.start_server(unused, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(
+            start_lb, server.sockets[0].getsockname()[1], accept_proxy=True
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4 ")  # and nothing more
+        assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
+        writer.close()
+
+
+async def test_tls_terminated_bytes_are_spliced_and_timed_out(
+    start_lb: StartLb, tmp_path: Path
+) -> None:
+    """With TLS the splice is made on the TLS transport, and the idle time is read from
+    the TCP socket under it."""
+    authority = trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = authority.issue_cert("127.0.0.1")
+    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+
+    async with await asyncio.start_server(echo, "127.0.0.1", 0) as server:
+        port = await tcp_frontend_port(
+            start_lb,
+            server.sockets[0].getsockname()[1],
+            tls_cert=str(cert),
+            tls_key=str(key),
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        await echoed_past_the_timeout(reader, writer)
+        assert IDLE * 0.5 < await closed_after(reader) < IDLE * 3
+        writer.close()
