@@ -103,14 +103,6 @@ class UpstreamGroup:
         now = time.monotonic()
         return [upstream for upstream in self.upstreams if upstream.usable(now)]
 
-    def _candidates(self) -> list[Upstream]:
-        """Usable servers in round-robin order from the next one's turn."""
-        usable = self.usable()
-        if not usable:
-            return []
-        first = next(self._turn) % len(usable)
-        return usable[first:] + usable[:first]
-
     def _failed(self, upstream: Upstream, kind: str, reason: str) -> None:
         self.metrics.errors.labels(upstream.name, kind).inc()
         upstream.fails += 1
@@ -135,25 +127,27 @@ class UpstreamGroup:
 
     # the route
 
-    def plan(self, exchange: ProxyExchange[Upstream]) -> list[Upstream]:
-        """The request's upstreams in the order they get an attempt."""
+    def plan(self, exchange: ProxyExchange[Upstream]) -> tuple[list[Upstream], int]:
+        """The usable upstreams when the request came, and its turn among them: attempt N
+        goes to `usable[(turn + N) % len(usable)]`, each upstream once at most."""
         plan = exchange.plan
         if plan is None:
-            plan = exchange.plan = self._candidates()
+            usable = self.usable()
+            plan = exchange.plan = (usable, next(self._turn) % len(usable) if usable else 0)
         return plan  # type: ignore[return-value]
 
     def pick_now(self, exchange: ProxyExchange[Upstream]) -> Upstream | None:
-        plan = self.plan(exchange)
-        return plan[0] if plan else None
+        usable, turn = self.plan(exchange)
+        return usable[turn] if usable else None
 
     async def pick(self, exchange: ProxyExchange[Upstream]) -> Upstream:
-        plan = self.plan(exchange)
-        if exchange.attempt >= len(plan):
+        usable, turn = self.plan(exchange)
+        if exchange.attempt >= len(usable):
             raise HTTPError("no upstream is available", 502)
-        return plan[exchange.attempt]
+        return usable[(turn + exchange.attempt) % len(usable)]
 
     def may_retry(self, exchange: ProxyExchange[Upstream], kind: str) -> bool:
-        return exchange.attempt < len(self.plan(exchange))
+        return exchange.attempt < len(self.plan(exchange)[0])
 
     def failed(
         self, exchange: ProxyExchange[Upstream], upstream: Upstream, kind: str, reason: str
@@ -166,7 +160,7 @@ class UpstreamGroup:
         if (
             status == 502
             and exchange.replayable
-            and exchange.attempt + 1 < len(self.plan(exchange))
+            and exchange.attempt + 1 < len(self.plan(exchange)[0])
         ):
             return None  # `proxy_next_upstream http_502`: the next upstream's turn
         upstream.latency(time.monotonic() - exchange.started)
