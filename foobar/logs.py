@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Final, TextIO
 
-from foobar.http.server import Exchange
+from foobar.http.server import Request
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -128,17 +128,18 @@ def _seconds(value: float) -> str:
     return _MILLISECONDS[milliseconds] if 0 <= milliseconds < 1000 else f"{value:.3f}"
 
 
-def access_line(exchange: Exchange) -> str:
-    request = exchange.request
+def access_line(
+    request: Request, status: int, sent: int, duration: float, now: float | None = None
+) -> str:
+    """One request's line (see the module's docstring); `now`: time.time() if not given."""
     head = request.head
     referer, user_agent = head.referer, head.user_agent
     referer_text = '"-"' if referer is None else _quoted(referer)
     user_agent_text = '"-"' if user_agent is None else _quoted(user_agent)
     line = (
-        f"{request.client[0]} - - [{_local_time(exchange.started)}] "
+        f"{request.client[0]} - - [{_local_time((now or time.time()) - duration)}] "
         f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
-        f"{exchange.status} {exchange.bytes_sent} {referer_text} {user_agent_text} "
-        f"rt={_seconds(exchange.duration)}"
+        f"{status} {sent} {referer_text} {user_agent_text} rt={_seconds(duration)}"
     )
     upstream = request.upstream
     if upstream is None:
@@ -147,5 +148,5 @@ def access_line(exchange: Exchange) -> str:
     return f"{line} ua={address} us={status} urt={_seconds(seconds)}"
 
 
-def log_access(exchange: Exchange) -> None:
-    access_log.write(access_line(exchange))
+def log_access(request: Request, status: int, sent: int, duration: float) -> None:
+    access_log.write(access_line(request, status, sent, duration))

@@ -11,7 +11,7 @@ import pytest
 
 from foobar import logs
 from foobar.http.parser import RequestHead, RequestParser
-from foobar.http.server import Exchange, Request
+from foobar.http.server import Request
 
 
 class FakeConnection:
@@ -44,13 +44,13 @@ def test_access_line_is_combined_format_plus_times() -> None:
     assert isinstance(head, RequestHead)
     request = Request(head, FakeConnection())  # type: ignore[arg-type]
     request.upstream = ("10.0.0.3:8000", 201, 0.0026)
-    line = logs.access_line(Exchange(request, 200, 512, 1_764_172_253.0, 0.0042))
+    line = logs.access_line(request, 200, 512, 0.0042, now=1_764_172_253.0042)
     assert line == (
         '192.0.2.7 - - [26/Nov/2025:15:50:53 +0000] "GET /api/posts?limit=2 HTTP/1.1" 200 512 '
         '"http://x/" "curl/8 \\"quoted\\"" rt=0.004 ua=10.0.0.3:8000 us=201 urt=0.003'
     )
     request.upstream = None
-    slow = logs.access_line(Exchange(request, 200, 512, 1_764_172_253.0, 12.3456))
+    slow = logs.access_line(request, 200, 512, 12.3456)
     assert slow.endswith(" rt=12.346")
 
 

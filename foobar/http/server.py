@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -84,18 +83,10 @@ UpstreamLog = tuple[str, int, float]
 FastHandler = Callable[["Request"], bool]
 
 
-@dataclass(slots=True)
-class Exchange:
-    """One answered request, as the access log and metrics see it."""
-
-    request: Request
-    status: int
-    bytes_sent: int
-    started: float  # time.time() when the head was complete
-    duration: float  # seconds until the last response byte was written
-
-
-OnResponse = Callable[[Exchange], None]
+# Told of every answered request, as the access log and metrics see it: the request, the
+# status, the body bytes sent, and the seconds from its head's arrival to the last byte
+# written. Plain arguments: it runs per request, and most tiers only count statuses.
+OnResponse = Callable[["Request", int, int, float], None]
 # Builds the response for an error status (the parser's, a limit's, a handler's HTTPError):
 # the app answers JSON, the web tier and balancer plain text, as nginx's error_page.
 ErrorPage = Callable[[int, str], Response]
@@ -614,8 +605,7 @@ class Connection(FlowControlled):
         now = self._last_write = self.loop.time()
         self._requests += 1
         if self.on_response is not None:
-            duration = now - since
-            self.on_response(Exchange(request, status, sent, time.time() - duration, duration))
+            self.on_response(request, status, sent, now - since)
 
     # the fast path
 

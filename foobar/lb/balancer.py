@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from foobar import logs
 from foobar.admin import PlainCounter
 from foobar.http.listener import Listener as HttpListener
-from foobar.http.server import Exchange, Server, ServerConfig
+from foobar.http.server import Request, Server, ServerConfig
 from foobar.lb.health import HealthChecks
 from foobar.lb.http_proxy import HttpFrontend
 from foobar.lb.servers import Backend
@@ -165,10 +165,12 @@ class Balancer:
         )
         return listener
 
-    def _observe(self, frontend: str, exchange: Exchange) -> None:
-        self.requests.values[(frontend, exchange.status)] += 1
+    def _observe(
+        self, frontend: str, request: Request, status: int, sent: int, duration: float
+    ) -> None:
+        self.requests.values[(frontend, status)] += 1
         if self.settings.access_log:
-            logs.log_access(exchange)
+            logs.log_access(request, status, sent, duration)
 
     def _install_backends(self, settings: LbSettings) -> dict[str, Backend]:
         """Build the backends of `settings`, carrying over what is known of servers that

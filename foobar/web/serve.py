@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from foobar import logs
 from foobar.admin import Admin, PlainCounter
 from foobar.http.client import PoolConfig
-from foobar.http.server import Exchange, Request, Response, Server, ServerConfig, error_response
+from foobar.http.server import Request, Response, Server, ServerConfig, error_response
 from foobar.process import until_stopped
 from foobar.web.proxy import UpstreamGroup
 from foobar.web.settings import WebSettings
@@ -60,11 +60,11 @@ class WebServer:
         )
         self.admin = Admin(self.health, self.status, self.registry)
 
-    def observe(self, exchange: Exchange) -> None:
-        self.requests.values[(exchange.status,)] += 1
-        self.sent.values[()] += exchange.bytes_sent
+    def observe(self, request: Request, status: int, sent: int, duration: float) -> None:
+        self.requests.values[(status,)] += 1
+        self.sent.values[()] += sent
         if self.settings.access_log:
-            logs.log_access(exchange)
+            logs.log_access(request, status, sent, duration)
 
     def answer_now(self, request: Request) -> bool:
         """The fast path (see foobar.http.server): files, and proxied requests the proxy
