@@ -98,6 +98,9 @@ class UpstreamGroup:
         self._added_lines = b"X-Foobar-Web: %s\r\n" % self.name
         self._turn = itertools.count()
         self.forwarder = Forwarder(self)
+        # the core's handlers (see foobar.http.forward): the engine's, with this route
+        self.answer_now = self.forwarder.answer_now
+        self.handle = self.forwarder.handle
 
     def usable(self) -> list[Upstream]:
         now = time.monotonic()
@@ -115,15 +118,6 @@ class UpstreamGroup:
                 self.fail_timeout,
                 reason,
             )
-
-    # the core's handlers
-
-    def answer_now(self, request: Request) -> bool:
-        """The fast handler for a proxied request: see foobar.http.forward."""
-        return self.forwarder.answer_now(request)
-
-    async def handle(self, request: Request) -> Response:
-        return await self.forwarder.handle(request)
 
     # the route
 
