@@ -5,11 +5,11 @@ message itself is already `key=value` pairs, the formatter adds when, how bad an
 A traceback is folded into the same line so a log shipper never splits an event.
 
 The access log is nginx's combined format plus the request time and, for proxied
-requests, the upstream address and its time, as nginx's `$upstream_addr` /
-`$upstream_response_time` are usually added:
+requests, the upstream's address, status and time, as nginx's `$upstream_addr`,
+`$upstream_status` and `$upstream_response_time` are usually added:
 
     127.0.0.1 - - [26/Nov/2026:15:50:53 +0000] "GET /api/posts HTTP/1.1" 200 512 "-"
-        "curl/8.5" rt=0.004 ua=10.0.0.3:8000 urt=0.003          (one line in the log)
+        "curl/8.5" rt=0.004 ua=10.0.0.3:8000 us=200 urt=0.003   (one line in the log)
 
 Access lines go to stderr too, but not through `logging`, and buffered (see AccessLog).
 """
