@@ -99,15 +99,13 @@ access_log = AccessLog()
 atexit.register(access_log.flush)
 
 
+# The current second as the log writes it (looked up inline, made by _local_time)
 _CLOCK_CACHE: dict[int, str] = {}
 
 
-def _local_time(seconds: float) -> str:
-    whole = int(seconds)
-    text = _CLOCK_CACHE.get(whole)
-    if text is None:
-        _CLOCK_CACHE.clear()
-        text = _CLOCK_CACHE[whole] = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(whole))
+def _local_time(second: int) -> str:
+    _CLOCK_CACHE.clear()
+    text = _CLOCK_CACHE[second] = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
     return text
 
 
@@ -124,8 +122,10 @@ _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
 
 
 def _seconds(value: float) -> str:
-    milliseconds = int(value * 1000 + 0.5)
-    return _MILLISECONDS[milliseconds] if 0 <= milliseconds < 1000 else f"{value:.3f}"
+    try:
+        return _MILLISECONDS[int(value * 1000 + 0.5)]  # durations are never negative
+    except IndexError:
+        return f"{value:.3f}"
 
 
 def access_line(
@@ -136,16 +136,19 @@ def access_line(
     referer, user_agent = head.referer, head.user_agent
     referer_text = '"-"' if referer is None else _quoted(referer)
     user_agent_text = '"-"' if user_agent is None else _quoted(user_agent)
-    line = (
-        f"{request.client[0]} - - [{_local_time((now or time.time()) - duration)}] "
-        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
-        f"{status} {sent} {referer_text} {user_agent_text} rt={_seconds(duration)}"
-    )
     upstream = request.upstream
     if upstream is None:
-        return line
-    address, status, seconds = upstream
-    return f"{line} ua={address} us={status} urt={_seconds(seconds)}"
+        upstream_text = ""
+    else:
+        address, upstream_status, seconds = upstream
+        upstream_text = f" ua={address} us={upstream_status} urt={_seconds(seconds)}"
+    started = int((now or time.time()) - duration)
+    stamp = _CLOCK_CACHE.get(started) or _local_time(started)
+    return (
+        f"{request.client[0]} - - [{stamp}] "
+        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
+        f"{status} {sent} {referer_text} {user_agent_text} rt={_seconds(duration)}{upstream_text}"
+    )
 
 
 def log_access(request: Request, status: int, sent: int, duration: float) -> None:
