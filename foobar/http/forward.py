@@ -52,16 +52,14 @@ TIMEOUT: Final = "timeout"  # no answer in time
 ERROR: Final = "error"  # the connection broke, or the answer was malformed
 STATUS: Final = "status"  # an answer the route turned down (nginx's http_502)
 
-# In an answer's head, lower-cased: the hop-by-hop fields other than Connection (llhttp
-# has refused bare LFs and spaces before colons, so every "\r\n" starts a field line).
-_OTHER_HOP_BY_HOP: Final = re.compile(
-    rb"\r\n(?:"
-    + b"|".join(re.escape(name) for name in sorted(hdrs.HOP_BY_HOP - {b"connection"}))
-    + rb"):"
+# In an answer's head, lower-cased, its hop-by-hop fields (llhttp has refused bare LFs and
+# spaces before colons, so every "\r\n" starts a field line); group 1 holds the one
+# servers usually send, "Connection: keep-alive" or "close", which names no other field.
+_HOP_BY_HOP_FIELD: Final = re.compile(
+    rb"\r\n(?:(connection:[ \t]*(?:keep-alive|close)[ \t]*)(?=\r\n)|(?:"
+    + b"|".join(re.escape(name) for name in sorted(hdrs.HOP_BY_HOP))
+    + rb"):)"
 )
-# The Connection values a server usually sends (nginx: "Connection: keep-alive"), which
-# name no other field.
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
 
 class Target(Protocol):
@@ -327,14 +325,9 @@ def relayed_head(raw: bytes) -> bytes | None:
     body (HEAD, 1xx, 204, 304): its head frames the same bytes for the client."""
     head = raw[:-2]
     lowered = head.lower()
-    if _OTHER_HOP_BY_HOP.search(lowered) is not None:
-        return None
-    start = lowered.find(b"\r\nconnection:")
-    if start < 0:
+    found = _HOP_BY_HOP_FIELD.search(lowered)
+    if found is None:
         return head
-    end = lowered.find(b"\r\n", start + 2)  # the head ends with its last field's CRLF
-    if lowered[start + 13 : end].strip(b" \t") not in _PLAIN_CONNECTION:
+    if found[1] is None or _HOP_BY_HOP_FIELD.search(lowered, found.end()) is not None:
         return None
-    if lowered.find(b"\r\nconnection:", end) >= 0:
-        return None  # a second Connection line
-    return head[:start] + head[end:]
+    return head[: found.start()] + head[found.end() :]
