@@ -51,13 +51,14 @@ class Response:
 _DATE_CACHE: list[Any] = [0, b""]
 
 
-def http_date() -> bytes:
-    """The Date header value, formatted once a second."""
+def date_field() -> bytes:
+    """The Date field line (`Date: ...\r\n`), formatted once a second."""
     now = int(time.time())
     if _DATE_CACHE[0] != now:
         _DATE_CACHE[0] = now
-        _DATE_CACHE[1] = email.utils.formatdate(now, usegmt=True).encode()
-    return bytes(_DATE_CACHE[1])
+        _DATE_CACHE[1] = b"Date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+    line: bytes = _DATE_CACHE[1]
+    return line
 
 
 # Response fields the writer looks at: the framing ones it owns (a handler's copies would
@@ -264,7 +265,7 @@ def frame(head: RequestHead, response: Response, keep_alive: bool) -> tuple[list
             has_date = True
         lines += (name, b": ", value, b"\r\n")
     if not has_date:
-        lines += (b"Date: ", http_date(), b"\r\n")
+        lines.append(date_field())
     if no_body and length is not None:
         pass  # a declared length stands when no body is sent: HEAD, 304 (RFC 9110 §8.6)
     elif status == 304:

@@ -34,6 +34,7 @@ class WebServer:
             settings.cache_control,
             settings.open_file_cache_valid,
             settings.add_headers,
+            server_fields=[(b"X-Foobar-Web", self.name)],
         )
         self.proxy = UpstreamGroup(
             list(settings.upstreams),
@@ -74,7 +75,11 @@ class WebServer:
             return self.proxy.answer_now(request)
         if path == b"/healthz":
             return False
-        request.respond(self.file(request))
+        whole_file = self.static.whole_file(request)
+        if whole_file is not None:
+            request.respond_raw(200, *whole_file)
+        else:
+            request.respond(self.file(request))
         return True
 
     async def handle(self, request: Request) -> Response:
@@ -91,6 +96,7 @@ class WebServer:
         return self.file(request)
 
     def file(self, request: Request) -> Response:
+        """A file's answer (its fields include X-Foobar-Web), or the error, with it too."""
         if request.method not in ("GET", "HEAD"):
             response = error_response(405)
             response.headers.append((b"Allow", b"GET, HEAD"))
@@ -98,8 +104,11 @@ class WebServer:
             try:
                 found = self.static.serve(request)
             except BadTarget as exc:
-                found = error_response(400, str(exc))
-            response = found or error_response(404)
+                response = error_response(400, str(exc))
+            else:
+                if found is not None:
+                    return found
+                response = error_response(404)
         response.headers.append((b"X-Foobar-Web", self.name))
         return response
 

@@ -5,6 +5,12 @@ A request target becomes a file only through `resolve()`: percent-decoding, no N
 backslash, no encoded slash, no `..`, then the real path (symlinks followed) must lie
 inside the root. Anything else is 404 (400 when the target cannot be decoded). Only
 regular files are served; a directory serves its index.html; there are no listings.
+
+What a request path names is cached for `open_file_cache_valid` seconds (nginx's
+open_file_cache): the file's metadata, a small file's bytes, and the head of its whole
+200 answer serialised once (what nginx's header filter writes per request), so the
+common request, a GET with no validator and no range, costs a dictionary look-up and
+one write.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import mimetypes
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from foobar.http import headers as hdrs
 from foobar.http.server import FileBody, Request, Response
+from foobar.http.writer import date_field, status_line
 
 INDEX = "index.html"
 # Files up to this size are kept in memory with their metadata (for open_file_cache_valid):
@@ -29,6 +36,11 @@ INDEX = "index.html"
 SMALL_FILE = 64 * 1024
 SMALL_FILES_BUDGET = 32 * 1024 * 1024  # all cached contents together
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+MAX_ENTRIES = 10_000  # request paths cached; past this the cache starts over
+# request fields that make the answer other than the whole file's 200
+NOT_WHOLE_FILE = frozenset(
+    {b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range"}
+)
 
 
 class BadTarget(Exception):
@@ -45,6 +57,27 @@ class FileInfo:
     content_type: bytes
     content: bytes | None = None  # a small file's bytes, read with its metadata
     gzip: FileInfo | None = None  # the pre-compressed variant beside it
+
+    @property
+    def cached_bytes(self) -> int:
+        """What this file and its variant hold in memory."""
+        gzip = self.gzip.cached_bytes if self.gzip is not None else 0
+        return len(self.content or b"") + gzip
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a request path names, as the cache holds it until `expires`: a file, a
+    directory named without its trailing slash (301), or nothing (404)."""
+
+    expires: float
+    info: FileInfo | None = None
+    directory: bool = False
+    path_fields: hdrs.Headers = dataclasses.field(default_factory=list)  # by path prefix
+    # the whole file's 200: status line and fields, Content-Length among them, no Date;
+    # for the file and for its gzip variant
+    head: bytes = b""
+    gzip_head: bytes = b""
 
 
 def http_date(seconds: float) -> bytes:
@@ -139,18 +172,19 @@ class StaticFiles:
         cache_control: Mapping[str, str],
         cache_valid: float,
         add_headers: Mapping[str, Mapping[str, str]] | None = None,
+        server_fields: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
+        """`server_fields`: fields every answer carries (the server's name)."""
         self.root = root.resolve()
         self.cache_control = by_prefix(
             {prefix: {"Cache-Control": value} for prefix, value in cache_control.items()}
         )
         self.add_headers = by_prefix(add_headers or {})
+        self.server_fields = list(server_fields)
         self.cache_valid = cache_valid
-        # open_file_cache: path -> (expires, FileInfo | None, is_directory)
-        self._cache: dict[str, tuple[float, FileInfo | None, bool]] = {}
-        # request path -> (expires, the file system path or None): resolve() walks the
-        # path with a system call per component, too dear to do per request
-        self._resolved: dict[bytes, tuple[float, str | None]] = {}
+        # open_file_cache by request path: resolve() walks the path with a system call
+        # per component, and the head is serialised once, both too dear per request
+        self._cache: dict[bytes, Entry] = {}
         self._cached_bytes = 0
 
     def resolve(self, target_path: bytes) -> str | None:
@@ -175,25 +209,48 @@ class StaticFiles:
             return None  # a symlink that leads out of the root
         return real
 
-    def lookup(self, path: str) -> tuple[FileInfo | None, bool]:
-        """(the regular file, or None; whether the path is a directory), cached briefly."""
+    def entry(self, target_path: bytes) -> Entry:
+        """What a request path names, cached for `cache_valid` seconds. BadTarget for 400."""
         now = time.monotonic()
-        cached = self._cache.get(path)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        info, is_directory = self._stat(path)
-        if info is not None and (gzip := self._stat(path + ".gz")[0]) is not None:
-            info = dataclasses.replace(info, gzip=gzip)
-        if len(self._cache) > 10_000:
+        entry = self._cache.get(target_path)
+        if entry is not None and entry.expires > now:
+            return entry
+        if entry is not None and entry.info is not None:
+            self._cached_bytes -= entry.info.cached_bytes
+        if len(self._cache) >= MAX_ENTRIES:
             self._cache.clear()
             self._cached_bytes = 0
-        previous = self._cache.get(path)
-        if previous is not None and previous[1] is not None:
-            self._cached_bytes -= len(previous[1].content or b"")
-        self._cache[path] = (now + self.cache_valid, info, is_directory)
-        return info, is_directory
+        entry = self._cache[target_path] = self._find(target_path, now + self.cache_valid)
+        return entry
+
+    def _find(self, target_path: bytes, expires: float) -> Entry:
+        path = self.resolve(target_path)
+        if path is None:
+            return Entry(expires)
+        info, is_directory = self._stat(path)
+        if is_directory:
+            if not target_path.endswith(b"/"):
+                return Entry(expires, directory=True)
+            info, _ = self._stat(os.path.join(path, INDEX))
+        if info is None:
+            return Entry(expires)
+        if (gzip := self._stat(info.path + ".gz")[0]) is not None:
+            info = dataclasses.replace(info, gzip=gzip)
+        path_fields = [
+            *matching(self.cache_control, target_path),
+            *matching(self.add_headers, target_path),
+            *self.server_fields,
+        ]
+        head = whole_file_head(representation_fields(info, info) + path_fields, info.size)
+        gzip_head = b""
+        if info.gzip is not None:
+            fields = representation_fields(info, info.gzip) + path_fields
+            gzip_head = whole_file_head(fields, info.gzip.size)
+        return Entry(expires, info, False, path_fields, head, gzip_head)
 
     def _stat(self, path: str) -> tuple[FileInfo | None, bool]:
+        """(the regular file at `path`, a small one's bytes with it, or None; whether
+        `path` is a directory)."""
         try:
             result = os.stat(path)
         except (OSError, ValueError):
@@ -224,45 +281,44 @@ class StaticFiles:
         )
         return info, False
 
-    def resolve_cached(self, target_path: bytes) -> str | None:
-        now = time.monotonic()
-        cached = self._resolved.get(target_path)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        path = self.resolve(target_path)
-        if len(self._resolved) > 10_000:
-            self._resolved.clear()
-        self._resolved[target_path] = (now + self.cache_valid, path)
-        return path
+    def whole_file(self, request: Request) -> tuple[bytes, bytes] | None:
+        """The head and body of the whole file's 200 for a GET or HEAD that asks for no
+        more (no validator, no range) of a file kept in memory: the head serialised in
+        the cache, and the Date. None when `serve` must answer."""
+        if request.method not in ("GET", "HEAD"):
+            return None
+        for name, _ in request.headers:
+            if name.lower() in NOT_WHOLE_FILE:
+                return None
+        try:
+            entry = self.entry(request.path)
+        except BadTarget:
+            return None  # `serve` answers it with a 400
+        info, head = entry.info, entry.head
+        if info is None:
+            return None
+        if info.gzip is not None and accepts_gzip(request.header(b"accept-encoding")):
+            info, head = info.gzip, entry.gzip_head
+        if info.content is None:
+            return None
+        return head + date_field(), b"" if request.method == "HEAD" else info.content
 
     def serve(self, request: Request) -> Response | None:
         """The response for a file, or None when there is no such file (404). Nothing
         here waits (a stat, an open), so the fast path can answer with it."""
-        path = self.resolve_cached(request.path)
-        if path is None:
+        entry = self.entry(request.path)
+        if entry.directory:
+            location = request.path + b"/" + (b"?" + request.query if request.query else b"")
+            return Response(301, [(b"Location", location), *self.server_fields], b"")
+        if entry.info is None:
             return None
-        info, is_directory = self.lookup(path)
-        if is_directory:
-            if not request.path.endswith(b"/"):
-                location = request.path + b"/" + (b"?" + request.query if request.query else b"")
-                return Response(301, [(b"Location", location)], b"")
-            info, _ = self.lookup(os.path.join(path, INDEX))
-        if info is None:
-            return None
-        return self.respond(request, info)
+        return self.respond(request, entry.info, entry.path_fields)
 
-    def respond(self, request: Request, info: FileInfo) -> Response:
-        headers: hdrs.Headers = [(b"Content-Type", info.content_type)]
+    def respond(self, request: Request, info: FileInfo, path_fields: hdrs.Headers) -> Response:
         chosen = info
-        if info.gzip is not None:
-            headers.append((b"Vary", b"Accept-Encoding"))
-            if accepts_gzip(request.header(b"accept-encoding")):
-                chosen = info.gzip
-                headers.append((b"Content-Encoding", b"gzip"))
-        headers += [(b"ETag", chosen.etag), (b"Last-Modified", chosen.last_modified)]
-        headers.append((b"Accept-Ranges", b"bytes"))
-        headers += matching(self.cache_control, request.path)
-        headers += matching(self.add_headers, request.path)
+        if info.gzip is not None and accepts_gzip(request.header(b"accept-encoding")):
+            chosen = info.gzip
+        headers = representation_fields(info, chosen) + path_fields
 
         precondition = self.preconditions(request, chosen)
         if precondition is not None:
@@ -290,7 +346,7 @@ class StaticFiles:
         try:
             fd = os.open(chosen.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return Response(404, [], b"")  # gone since the stat; the next lookup agrees
+            return Response(404, [*self.server_fields], b"")  # gone since the stat
         return Response(status, headers, FileBody(fd, start, end - start + 1))
 
     @staticmethod
@@ -326,6 +382,28 @@ class StaticFiles:
         if if_range.startswith((b'"', b'W/"')):
             return etag_matches(if_range, info.etag, weak=False)
         return if_range == info.last_modified
+
+
+def representation_fields(info: FileInfo, chosen: FileInfo) -> hdrs.Headers:
+    """The fields that describe what is sent: `chosen`, the file `info` itself or its gzip
+    variant (then with Content-Encoding); Vary when there is a choice."""
+    fields: hdrs.Headers = [(b"Content-Type", info.content_type)]
+    if info.gzip is not None:
+        fields.append((b"Vary", b"Accept-Encoding"))
+        if chosen is info.gzip:
+            fields.append((b"Content-Encoding", b"gzip"))
+    fields += [
+        (b"ETag", chosen.etag),
+        (b"Last-Modified", chosen.last_modified),
+        (b"Accept-Ranges", b"bytes"),
+    ]
+    return fields
+
+
+def whole_file_head(fields: hdrs.Headers, size: int) -> bytes:
+    """A 200's status line and fields, Content-Length last; the Date is added per answer."""
+    lines = b"".join(b"%s: %s\r\n" % field for field in fields)
+    return status_line(200, None) + lines + b"Content-Length: %d\r\n" % size
 
 
 def accepts_gzip(header: bytes | None) -> bool:

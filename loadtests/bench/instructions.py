@@ -6,6 +6,7 @@ not the kernel's share (the same read and write calls for foobar and the floor).
 
     python -m loadtests.bench.instructions lb web floor      # N=2000 requests each
     python -m loadtests.bench.instructions lb-tcp haproxy-tcp # the balancer's tcp mode
+    python -m loadtests.bench.instructions file              # foobar.web serving 1 KiB
 
 HAProxy is counted the same way in tcp mode, where foobar's target is set against it; the
 count is of the process's user space, so the kernel's share (the same four socket calls a
@@ -13,7 +14,7 @@ request for both, `strace -c`) is not in it.
 
 Each server runs under callgrind behind two nginx backends answering "ok"; 200 requests
 warm the pools, the counters are zeroed, N requests go over 10 keep-alive connections,
-and the counters are dumped.
+and the counters are dumped. `file` is foobar.web answering GET /1k.bin from its root.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from loadtests.bench.run import ROOT, free_port, wait_port
 
 REQUESTS = int(os.environ.get("N", "2000"))
 CONNECTIONS = 10
+PATHS = {"web": b"/api/x", "file": b"/1k.bin"}
 
 
 def command(server: str, port: int, backends: list[int], root: Path) -> list[str]:
@@ -45,12 +47,12 @@ def command(server: str, port: int, backends: list[int], root: Path) -> list[str
         conf = root / f"haproxy-{port}.cfg"
         conf.write_text(peers.haproxy("tcp", port, backends))
         return ["haproxy", "-f", str(conf)]
-    if server == "web":
+    if server in ("web", "file"):
         arguments = ["--bind", f"127.0.0.1:{port}", "--root", str(root)]
         return [*python, "foobar.web", *arguments, "--upstream", upstreams[0]]
     if server == "floor":
         return [*python, "loadtests.bench.floor", f"127.0.0.1:{port}", *upstreams]
-    raise SystemExit(f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web or floor")
+    raise SystemExit(f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web, file or floor")
 
 
 async def client(port: int, path: bytes, count: int) -> None:
@@ -72,6 +74,7 @@ def measure(server: str, folder: Path) -> float:
     backends, port = [free_port(), free_port()], free_port()
     conf = folder / f"nginx-{port}.conf"
     conf.write_text(peers.nginx(conf, peers.nginx_backends(backends)))
+    (folder / "1k.bin").write_bytes(os.urandom(1024))
     out = folder / f"callgrind-{server}.out"
     nginx = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
     quiet = {**os.environ, "FOOBAR_LB_ACCESS_LOG": "false", "FOOBAR_WEB_ACCESS_LOG": "false"}
@@ -86,7 +89,7 @@ def measure(server: str, folder: Path) -> float:
     try:
         wait_port(backends[0])
         wait_port(port, 120)
-        path = b"/api/x" if server == "web" else b"/"
+        path = PATHS.get(server, b"/")
         asyncio.run(load(port, path, 200))
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
         asyncio.run(load(port, path, REQUESTS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 from pathlib import Path
@@ -58,6 +59,43 @@ async def test_head_has_length_and_no_body(start_web: StartWeb, site: Path) -> N
     assert (status, headers["content-length"]) == (200, "1000")
     await client.send(b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n")
     assert (await client.response())[2] == b"<h1>home</h1>"  # nothing was left over
+
+
+async def test_a_whole_file_from_its_cached_head_is_the_same_answer(
+    start_web: StartWeb, site: Path
+) -> None:
+    """The common GET is answered from the head serialised in the cache; one with a
+    validator that does not match goes the long way: the two agree field for field."""
+    (site / "style.css.gz").write_bytes(gzip.compress((site / "style.css").read_bytes()))
+    server = await start_web(root=site)
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        for path, encoding in (
+            ("/", "identity"),
+            ("/data.txt", "identity"),
+            ("/style.css", "gzip"),
+        ):
+            headers = {"Accept-Encoding": encoding}
+            cached = await client.get(path, headers=headers)
+            built = await client.get(path, headers={**headers, "If-None-Match": '"other"'})
+            assert (cached.status_code, built.status_code) == (200, 200)
+            assert cached.content == built.content
+            assert dict(cached.headers) == dict(built.headers) | {"date": cached.headers["date"]}
+
+
+async def test_a_changed_file_is_served_changed_once_the_cache_expires(
+    start_web: StartWeb, site: Path
+) -> None:
+    server = await start_web(root=site, open_file_cache_valid=0.2)
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        first = await client.get("/data.txt")
+        (site / "data.txt").write_bytes(b"changed")
+        os.utime(site / "data.txt", (1_000_000_000, 1_000_000_000))
+        assert (await client.get("/data.txt")).content == first.content  # trusted a while
+        await asyncio.sleep(0.3)
+        changed = await client.get("/data.txt")
+        assert (changed.content, changed.headers["content-length"]) == (b"changed", "7")
+        assert changed.headers["etag"] == '"3b9aca00-7"' != first.headers["etag"]
+        assert changed.headers["last-modified"] == "Sun, 09 Sep 2001 01:46:40 GMT"
 
 
 async def test_conditional_requests(start_web: StartWeb, site: Path) -> None:
