@@ -178,11 +178,12 @@ class Request:
         else:
             self._connection.hand_over(self, _answered_with(response))
 
-    def respond_raw(self, status: int, head: bytes, body: bytes) -> None:
+    def respond_raw(self, status: int, head: bytes, body: bytes | FileBody) -> None:
         """Answer a request the fast handler took with a head already serialised: the
         status line and field lines, a Content-Length that frames `body` among them, but
         not the empty line that ends the head: the core adds its framing and that line.
-        Same contract as `respond`."""
+        A file goes out with sendfile(2) from here while the socket takes it; the task
+        sends what is left. Same contract as `respond`."""
         self._connection.respond_raw(self, status, head, body)
 
     def continue_in_task(self, handler: Handler) -> None:
@@ -647,7 +648,9 @@ class Connection(FlowControlled):
         elif self._timer is None:  # one that is armed fires first and re-arms itself
             self._arm_timer()
 
-    def respond_raw(self, request: Request, status: int, head: bytes, body: bytes) -> None:
+    def respond_raw(
+        self, request: Request, status: int, head: bytes, body: bytes | FileBody
+    ) -> None:
         """`respond_directly` for a head already serialised (see Request.respond_raw)."""
         if self._direct is not request:
             raise RuntimeError("respond() on a request that is not being answered directly")
@@ -659,10 +662,18 @@ class Connection(FlowControlled):
             end = b"Connection: keep-alive\r\n\r\n"
         else:
             end = b"\r\n"
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(b"".join((head, end, body)))
-        self._answered_directly(request, status, len(body), keep_alive)
+        if isinstance(body, FileBody):
+            rest = self.writer.send_file_now(head + end, body)
+            if rest is not None:  # the socket is full
+                self.hand_over(request, _answered_with(Response(status, body=rest)))
+                return
+            sent = body.count
+        else:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"".join((head, end, body)))
+            sent = len(body)
+        self._answered_directly(request, status, sent, keep_alive)
 
     def hand_over(self, request: Request, handler: Handler) -> None:
         """The task answers the request the fast handler took, with `handler`."""

@@ -40,6 +40,15 @@ class FileBody:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class FileRest(FileBody):
+    """What is left of a file whose head and first `sent_before` bytes the fast path
+    sent (`ResponseWriter.send_file_now`) before the socket was full: the task's writer
+    sends the rest, and no head."""
+
+    sent_before: int
+
+
 @dataclass(slots=True)
 class Response:
     status: int
@@ -139,17 +148,45 @@ class ResponseWriter:
                 await self.sink.wait_writable()
             return (0 if no_body else length or 0), keep_alive
         if isinstance(body, FileBody):
-            transport.write(b"".join(lines))
+            sent_before = 0
+            if isinstance(body, FileRest):
+                sent_before = body.sent_before
+            else:
+                transport.write(b"".join(lines))
             try:
                 sent = 0 if no_body else await self._send_file(body)
             finally:
                 os.close(body.fd)
-            return sent, keep_alive and (no_body or sent == body.count)
+            return sent_before + sent, keep_alive and (no_body or sent == body.count)
         if no_body:
             transport.write(b"".join(lines))
             await close_iterable(body)
             return 0, keep_alive
         return await self._stream_body(b"".join(lines), body, length, framing.chunked, keep_alive)
+
+    def send_file_now(self, head: bytes, body: FileBody) -> FileRest | None:
+        """Write `head`, then as much of the file as the socket takes at once, from the
+        fast path's callbacks: nginx's one sendfile(2) per response, without the task's
+        wake-ups. None when all of it went (`body.fd` is closed); otherwise what is left
+        for `write` to send, waiting for room (or to meet the error again and end)."""
+        transport = self.sink.transport
+        assert transport is not None
+        if transport.is_closing():
+            return FileRest(body.fd, body.offset, body.count, 0)  # `write` closes it
+        transport.write(head)
+        socket_fd = self._sendfile_socket()
+        offset, left = body.offset, body.count
+        if socket_fd is not None and not transport.get_write_buffer_size():  # the head went
+            try:
+                while left > 0 and (sent := os.sendfile(socket_fd, body.fd, offset, left)):
+                    offset += sent
+                    left -= sent
+            except OSError:
+                pass  # full (EAGAIN), or gone: `write` waits, or raises ConnectionClosed
+        if left == 0:
+            os.close(body.fd)
+            return None
+        return FileRest(body.fd, offset, left, body.count - left)
 
     async def _send_file(self, body: FileBody) -> int:
         """sendfile(2) straight from the page cache to the socket while the socket takes
@@ -158,15 +195,14 @@ class ResponseWriter:
         back to reading the file in a thread), hence this."""
         transport = self.sink.transport
         assert transport is not None
-        sock = transport.get_extra_info("socket")
-        zero_copy = self.sink.scheme == "http" and sock is not None
+        socket_fd = self._sendfile_socket()
         offset, left = body.offset, body.count
         while left > 0:
             sent: int | None = None
-            if zero_copy:
+            if socket_fd is not None:
                 await self._drain_all()  # our bytes must not overtake the transport's
                 try:
-                    sent = os.sendfile(sock.fileno(), body.fd, offset, left)
+                    sent = os.sendfile(socket_fd, body.fd, offset, left)
                 except BlockingIOError:
                     sent = None
                 except OSError as exc:
@@ -183,6 +219,13 @@ class ResponseWriter:
             offset += sent
             left -= sent
         return body.count - left
+
+    def _sendfile_socket(self) -> int | None:
+        """The socket's descriptor when sendfile(2) may write to it: on a plain connection
+        (TLS has to encrypt what is sent)."""
+        transport = self.sink.transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        return sock.fileno() if self.sink.scheme == "http" and sock is not None else None
 
     async def _drain_all(self) -> None:
         """Wait until the transport has written everything it holds."""

@@ -281,10 +281,10 @@ class StaticFiles:
         )
         return info, False
 
-    def whole_file(self, request: Request) -> tuple[bytes, bytes] | None:
+    def whole_file(self, request: Request) -> tuple[bytes, bytes | FileBody] | None:
         """The head and body of the whole file's 200 for a GET or HEAD that asks for no
-        more (no validator, no range) of a file kept in memory: the head serialised in
-        the cache, and the Date. None when `serve` must answer."""
+        more (no validator, no range): the head serialised in the cache, with the Date.
+        None when `serve` must answer."""
         if request.method not in ("GET", "HEAD"):
             return None
         for name, _ in request.headers:
@@ -299,9 +299,12 @@ class StaticFiles:
             return None
         if info.gzip is not None and accepts_gzip(request.header(b"accept-encoding")):
             info, head = info.gzip, entry.gzip_head
-        if info.content is None:
+        if request.method == "HEAD":
+            return head + date_field(), b""
+        body = info.content if info.content is not None else open_file(info, 0, info.size)
+        if body is None:
             return None
-        return head + date_field(), b"" if request.method == "HEAD" else info.content
+        return head + date_field(), body
 
     def serve(self, request: Request) -> Response | None:
         """The response for a file, or None when there is no such file (404). Nothing
@@ -343,11 +346,10 @@ class StaticFiles:
         if chosen.content is not None:
             content = chosen.content
             return Response(status, headers, content if status == 200 else content[start : end + 1])
-        try:
-            fd = os.open(chosen.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return Response(404, [*self.server_fields], b"")  # gone since the stat
-        return Response(status, headers, FileBody(fd, start, end - start + 1))
+        body = open_file(chosen, start, end - start + 1)
+        if body is None:
+            return Response(404, [*self.server_fields], b"")
+        return Response(status, headers, body)
 
     @staticmethod
     def preconditions(request: Request, info: FileInfo) -> int | None:
@@ -382,6 +384,16 @@ class StaticFiles:
         if if_range.startswith((b'"', b'W/"')):
             return etag_matches(if_range, info.etag, weak=False)
         return if_range == info.last_modified
+
+
+def open_file(info: FileInfo, offset: int, count: int) -> FileBody | None:
+    """`count` bytes of the file from `offset`, for sendfile; None when it has gone since
+    it was looked up (404: the next look-up will agree)."""
+    try:
+        fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    return FileBody(fd, offset, count)
 
 
 def representation_fields(info: FileInfo, chosen: FileInfo) -> hdrs.Headers:

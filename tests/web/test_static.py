@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -96,6 +97,28 @@ async def test_a_changed_file_is_served_changed_once_the_cache_expires(
         assert (changed.content, changed.headers["content-length"]) == (b"changed", "7")
         assert changed.headers["etag"] == '"3b9aca00-7"' != first.headers["etag"]
         assert changed.headers["last-modified"] == "Sun, 09 Sep 2001 01:46:40 GMT"
+
+
+async def test_a_large_file_to_a_slow_reader_arrives_whole(start_web: StartWeb, site: Path) -> None:
+    """sendfile(2) from the fast path fills the socket; the task sends the rest when the
+    client reads, and the connection carries on."""
+    content = os.urandom(16 * 1024 * 1024)
+    (site / "large.bin").write_bytes(content)
+    server = await start_web(root=site)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: full at once
+    sock.connect(server.server.address)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    client = RawClient(reader, writer)
+    await client.send(b"GET /large.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.2)  # the socket is full before the client reads a byte
+    status, headers, body = await client.response(timeout=20)
+    assert (status, int(headers["content-length"])) == (200, len(content))
+    assert body == content
+    assert server.sent.values[()] == len(content)  # what the fast path sent counts too
+    await client.send(b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (await client.response())[2] == b"<h1>home</h1>"
+    client.close()
 
 
 async def test_conditional_requests(start_web: StartWeb, site: Path) -> None:
