@@ -75,7 +75,7 @@ class WebServer:
             return self.proxy.answer_now(request)
         if path == b"/healthz":
             return False
-        whole_file = self.static.whole_file(request)
+        whole_file = self.static.whole_file(request, path)
         if whole_file is not None:
             request.respond_raw(200, *whole_file)
         else:
