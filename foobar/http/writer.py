@@ -33,11 +33,15 @@ log = logging.getLogger("foobar.http.server")
 @dataclass(frozen=True, slots=True)
 class FileBody:
     """`count` bytes of an open file from `offset`, sent with sendfile(2) on plain
-    connections. The server closes `fd` once the response is written."""
+    connections. The server closes `fd` once the response is written, unless
+    `keep_open`: then the descriptor is a cache's, which closes it, and only
+    `Request.respond_raw` takes the body (it has sent the file when it returns, or given
+    the task a copy of the descriptor for the rest)."""
 
     fd: int
     offset: int
     count: int
+    keep_open: bool = field(default=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,7 @@ class ResponseWriter:
                 await self.sink.wait_writable()
             return (0 if no_body else length or 0), keep_alive
         if isinstance(body, FileBody):
+            assert not body.keep_open, "a kept-open file is the fast path's (send_file_now)"
             sent_before = 0
             if isinstance(body, FileRest):
                 sent_before = body.sent_before
@@ -171,22 +176,24 @@ class ResponseWriter:
         for `write` to send, waiting for room (or to meet the error again and end)."""
         transport = self.sink.transport
         assert transport is not None
-        if transport.is_closing():
-            return FileRest(body.fd, body.offset, body.count, 0)  # `write` closes it
-        transport.write(head)
-        socket_fd = self._sendfile_socket()
         offset, left = body.offset, body.count
-        if socket_fd is not None and not transport.get_write_buffer_size():  # the head went
-            try:
-                while left > 0 and (sent := os.sendfile(socket_fd, body.fd, offset, left)):
-                    offset += sent
-                    left -= sent
-            except OSError:
-                pass  # full (EAGAIN), or gone: `write` waits, or raises ConnectionClosed
-        if left == 0:
-            os.close(body.fd)
-            return None
-        return FileRest(body.fd, offset, left, body.count - left)
+        if not transport.is_closing():  # else `write` meets the closed connection
+            transport.write(head)
+            socket_fd = self._sendfile_socket()
+            if socket_fd is not None and not transport.get_write_buffer_size():  # the head went
+                try:
+                    while left > 0 and (sent := os.sendfile(socket_fd, body.fd, offset, left)):
+                        offset += sent
+                        left -= sent
+                except OSError:
+                    pass  # full (EAGAIN), or gone: `write` waits, or raises ConnectionClosed
+            if left == 0:
+                if not body.keep_open:
+                    os.close(body.fd)
+                return None
+        # the rest outlives this call, and a kept-open descriptor may not: its own copy
+        fd = os.dup(body.fd) if body.keep_open else body.fd
+        return FileRest(fd, offset, left, body.count - left)
 
     async def _send_file(self, body: FileBody) -> int:
         """sendfile(2) straight from the page cache to the socket while the socket takes

@@ -152,6 +152,7 @@ class WebServer:
         await self.server.shutdown()
         await self.admin.shutdown()
         await self.proxy.close()
+        self.static.close()
 
 
 async def run(settings: WebSettings) -> int:

@@ -35,6 +35,9 @@ INDEX = "index.html"
 # one write answers them, where open + sendfile + close cost three system calls more.
 SMALL_FILE = 64 * 1024
 SMALL_FILES_BUDGET = 32 * 1024 * 1024  # all cached contents together
+# Larger files are kept open while cached (open_file_cache's descriptors): sendfile
+# without an open and a close per request; at most this many, well inside the fd limit
+MAX_OPEN_FILES = 1000
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 MAX_ENTRIES = 10_000  # request paths cached; past this the cache starts over
 # request fields that make the answer other than the whole file's 200
@@ -56,13 +59,11 @@ class FileInfo:
     last_modified: bytes
     content_type: bytes
     content: bytes | None = None  # a small file's bytes, read with its metadata
+    file: FileBody | None = None  # a larger one whole, kept open while cached
     gzip: FileInfo | None = None  # the pre-compressed variant beside it
 
-    @property
-    def cached_bytes(self) -> int:
-        """What this file and its variant hold in memory."""
-        gzip = self.gzip.cached_bytes if self.gzip is not None else 0
-        return len(self.content or b"") + gzip
+    def variants(self) -> tuple[FileInfo, ...]:
+        return (self,) if self.gzip is None else (self, self.gzip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,7 @@ class StaticFiles:
         # per component, and the head is serialised once, both too dear per request
         self._cache: dict[bytes, Entry] = {}
         self._cached_bytes = 0
+        self._open_files = 0
 
     def resolve(self, target_path: bytes) -> str | None:
         """The file system path for a request path, or None (404). BadTarget for 400."""
@@ -215,13 +217,30 @@ class StaticFiles:
         entry = self._cache.get(target_path)
         if entry is not None and entry.expires > now:
             return entry
-        if entry is not None and entry.info is not None:
-            self._cached_bytes -= entry.info.cached_bytes
+        if entry is not None:
+            del self._cache[target_path]
+            self._forget(entry)
         if len(self._cache) >= MAX_ENTRIES:
-            self._cache.clear()
-            self._cached_bytes = 0
+            self.close()
         entry = self._cache[target_path] = self._find(target_path, now + self.cache_valid)
         return entry
+
+    def close(self) -> None:
+        """Empty the cache, closing the files it holds open."""
+        for entry in self._cache.values():
+            self._forget(entry)
+        self._cache.clear()
+
+    def _forget(self, entry: Entry) -> None:
+        """Give back what an entry held: its bytes to the budget, its open files. Only
+        the fast path sends from those, and it has finished with them when it returns."""
+        if entry.info is None:
+            return
+        for info in entry.info.variants():
+            self._cached_bytes -= len(info.content or b"")
+            if info.file is not None:
+                os.close(info.file.fd)
+                self._open_files -= 1
 
     def _find(self, target_path: bytes, expires: float) -> Entry:
         path = self.resolve(target_path)
@@ -279,6 +298,11 @@ class StaticFiles:
         info = FileInfo(
             path, result.st_size, mtime, etag, http_date(mtime), content_type(path), content
         )
+        if self.cache_valid > 0 and content is None and self._open_files < MAX_OPEN_FILES:
+            whole = open_file(info, 0, info.size, keep_open=True)
+            if whole is not None:
+                self._open_files += 1
+                info = dataclasses.replace(info, file=whole)
         return info, False
 
     def whole_file(
@@ -306,8 +330,8 @@ class StaticFiles:
             info, head = info.gzip, entry.gzip_head
         if method == "HEAD":
             return head + date_field(), b""
-        body = info.content if info.content is not None else open_file(info, 0, info.size)
-        if body is None:
+        body = info.content if info.content is not None else info.file
+        if body is None and (body := open_file(info, 0, info.size)) is None:
             return None
         return head + date_field(), body
 
@@ -391,14 +415,14 @@ class StaticFiles:
         return if_range == info.last_modified
 
 
-def open_file(info: FileInfo, offset: int, count: int) -> FileBody | None:
+def open_file(info: FileInfo, offset: int, count: int, keep_open: bool = False) -> FileBody | None:
     """`count` bytes of the file from `offset`, for sendfile; None when it has gone since
     it was looked up (404: the next look-up will agree)."""
     try:
         fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    return FileBody(fd, offset, count)
+    return FileBody(fd, offset, count, keep_open=keep_open)
 
 
 def representation_fields(info: FileInfo, chosen: FileInfo) -> hdrs.Headers:

@@ -83,28 +83,48 @@ async def test_a_whole_file_from_its_cached_head_is_the_same_answer(
             assert dict(cached.headers) == dict(built.headers) | {"date": cached.headers["date"]}
 
 
+@pytest.mark.parametrize("size", [7, 100_000], ids=["in memory", "kept open"])
 async def test_a_changed_file_is_served_changed_once_the_cache_expires(
-    start_web: StartWeb, site: Path
+    start_web: StartWeb, site: Path, size: int
 ) -> None:
+    (site / "file.bin").write_bytes(b"x" * size)
     server = await start_web(root=site, open_file_cache_valid=0.2)
     async with httpx.AsyncClient(base_url=url(server)) as client:
-        first = await client.get("/data.txt")
-        (site / "data.txt").write_bytes(b"changed")
-        os.utime(site / "data.txt", (1_000_000_000, 1_000_000_000))
-        assert (await client.get("/data.txt")).content == first.content  # trusted a while
+        first = await client.get("/file.bin")
+        changed_content = os.urandom(size)  # the same size: only the ETag's date differs
+        (site / "file.bin").write_bytes(changed_content)
+        os.utime(site / "file.bin", (1_000_000_000, 1_000_000_000))
+        assert (await client.get("/file.bin")).headers["etag"] == first.headers["etag"]
         await asyncio.sleep(0.3)
-        changed = await client.get("/data.txt")
-        assert (changed.content, changed.headers["content-length"]) == (b"changed", "7")
-        assert changed.headers["etag"] == '"3b9aca00-7"' != first.headers["etag"]
+        changed = await client.get("/file.bin")
+        assert changed.content == changed_content
+        assert changed.headers["etag"] == f'"3b9aca00-{size:x}"' != first.headers["etag"]
         assert changed.headers["last-modified"] == "Sun, 09 Sep 2001 01:46:40 GMT"
+
+
+async def test_files_kept_open_are_closed_when_their_entry_goes(
+    start_web: StartWeb, site: Path
+) -> None:
+    (site / "large.bin").write_bytes(os.urandom(100_000))
+    server = await start_web(root=site, open_file_cache_valid=0.05)
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        assert (await client.get("/large.bin")).status_code == 200
+        serving = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            await asyncio.sleep(0.06)  # expired: the next request opens the file again
+            assert (await client.get("/large.bin")).status_code == 200
+            assert len(os.listdir("/proc/self/fd")) == serving
+    await server.stop()
+    assert len(os.listdir("/proc/self/fd")) < serving
 
 
 async def test_a_large_file_to_a_slow_reader_arrives_whole(start_web: StartWeb, site: Path) -> None:
     """sendfile(2) from the fast path fills the socket; the task sends the rest when the
-    client reads, and the connection carries on."""
+    client reads (from its own descriptor: the cache's has been closed meanwhile), and
+    the connection carries on."""
     content = os.urandom(16 * 1024 * 1024)
     (site / "large.bin").write_bytes(content)
-    server = await start_web(root=site)
+    server = await start_web(root=site, open_file_cache_valid=0.1)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: full at once
     sock.connect(server.server.address)
@@ -112,6 +132,8 @@ async def test_a_large_file_to_a_slow_reader_arrives_whole(start_web: StartWeb, 
     client = RawClient(reader, writer)
     await client.send(b"GET /large.bin HTTP/1.1\r\nHost: a\r\n\r\n")
     await asyncio.sleep(0.2)  # the socket is full before the client reads a byte
+    async with httpx.AsyncClient(base_url=url(server)) as other:  # the entry is renewed
+        assert (await other.head("/large.bin")).status_code == 200
     status, headers, body = await client.response(timeout=20)
     assert (status, int(headers["content-length"])) == (200, len(content))
     assert body == content
