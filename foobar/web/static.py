@@ -10,7 +10,7 @@ What a request path names is cached for `open_file_cache_valid` seconds (nginx's
 open_file_cache): the file's metadata, a small file's bytes, and the head of its whole
 200 answer serialised once (what nginx's header filter writes per request), so the
 common request, a GET with no validator and no range, costs a dictionary look-up and
-one write.
+one write (a small file) or a write and a sendfile (a larger one, kept open).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from foobar.http.writer import date_field, status_line
 
 INDEX = "index.html"
 # Files up to this size are kept in memory with their metadata (for open_file_cache_valid):
-# one write answers them, where open + sendfile + close cost three system calls more.
+# one write answers them, where a larger file takes a sendfile more.
 SMALL_FILE = 64 * 1024
 SMALL_FILES_BUDGET = 32 * 1024 * 1024  # all cached contents together
-# Larger files are kept open while cached (open_file_cache's descriptors): sendfile
-# without an open and a close per request; at most this many, well inside the fd limit
+# Larger files are kept open while cached (open_file_cache's descriptors): no open and
+# close per request; at most this many, well inside the open-files limit
 MAX_OPEN_FILES = 1000
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 MAX_ENTRIES = 10_000  # request paths cached; past this the cache starts over
@@ -265,7 +265,7 @@ class StaticFiles:
         if info.gzip is not None:
             fields = representation_fields(info, info.gzip) + path_fields
             gzip_head = whole_file_head(fields, info.gzip.size)
-        return Entry(expires, info, False, path_fields, head, gzip_head)
+        return Entry(expires, info, path_fields=path_fields, head=head, gzip_head=gzip_head)
 
     def _stat(self, path: str) -> tuple[FileInfo | None, bool]:
         """(the regular file at `path`, a small one's bytes with it, or None; whether
@@ -299,11 +299,20 @@ class StaticFiles:
             path, result.st_size, mtime, etag, http_date(mtime), content_type(path), content
         )
         if self.cache_valid > 0 and content is None and self._open_files < MAX_OPEN_FILES:
-            whole = open_file(info, 0, info.size, keep_open=True)
-            if whole is not None:
-                self._open_files += 1
-                info = dataclasses.replace(info, file=whole)
+            info = self._kept_open(info, result)
         return info, False
+
+    def _kept_open(self, info: FileInfo, result: os.stat_result) -> FileInfo:
+        """`info` with its file open for the cache's lifetime, unless it changed since
+        its stat (then it is opened per request this time)."""
+        whole = open_file(info, 0, info.size, keep_open=True)
+        if whole is None:
+            return info
+        if not same_version(os.fstat(whole.fd), result):
+            os.close(whole.fd)
+            return info
+        self._open_files += 1
+        return dataclasses.replace(info, file=whole)
 
     def whole_file(
         self, request: Request, target_path: bytes
@@ -413,6 +422,15 @@ class StaticFiles:
         if if_range.startswith((b'"', b'W/"')):
             return etag_matches(if_range, info.etag, weak=False)
         return if_range == info.last_modified
+
+
+def same_version(one: os.stat_result, other: os.stat_result) -> bool:
+    return (one.st_dev, one.st_ino, one.st_size, one.st_mtime_ns) == (
+        other.st_dev,
+        other.st_ino,
+        other.st_size,
+        other.st_mtime_ns,
+    )
 
 
 def open_file(info: FileInfo, offset: int, count: int, keep_open: bool = False) -> FileBody | None:
