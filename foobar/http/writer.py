@@ -127,10 +127,11 @@ class Sink(Protocol):
 class ResponseWriter:
     """Writes one connection's responses, one at a time."""
 
-    __slots__ = ("sink",)
+    __slots__ = ("_socket_fd", "sink")
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self._socket_fd: int | None = -1  # -1: not asked yet (see _sendfile_socket)
 
     async def write(
         self, request_head: RequestHead, response: Response, keep_alive: bool
@@ -229,10 +230,13 @@ class ResponseWriter:
 
     def _sendfile_socket(self) -> int | None:
         """The socket's descriptor when sendfile(2) may write to it: on a plain connection
-        (TLS has to encrypt what is sent)."""
-        transport = self.sink.transport
-        sock = None if transport is None else transport.get_extra_info("socket")
-        return sock.fileno() if self.sink.scheme == "http" and sock is not None else None
+        (TLS has to encrypt what is sent). Asked once: a connection keeps its socket."""
+        if self._socket_fd == -1:
+            transport = self.sink.transport
+            sock = None if transport is None else transport.get_extra_info("socket")
+            plain = self.sink.scheme == "http"
+            self._socket_fd = sock.fileno() if plain and sock is not None else None
+        return self._socket_fd
 
     async def _drain_all(self) -> None:
         """Wait until the transport has written everything it holds."""
