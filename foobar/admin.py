@@ -165,7 +165,9 @@ class PlainCounter(_PlainFamily):
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
     ) -> None:
-        self.values: collections.Counter[tuple[object, ...]] = collections.Counter()
+        # a defaultdict, not a Counter: `+=` on a Counter item measured twice the
+        # instructions (callgrind, CPython 3.11: ~1,900 against ~1,000), once per request
+        self.values: collections.defaultdict[tuple[object, ...], int] = collections.defaultdict(int)
         super().__init__(name, documentation, labels, registry)
 
     def collect(self) -> Iterator[Metric]:
