@@ -102,6 +102,27 @@ async def test_a_changed_file_is_served_changed_once_the_cache_expires(
         assert changed.headers["last-modified"] == "Sun, 09 Sep 2001 01:46:40 GMT"
 
 
+async def test_a_file_kept_open_answers_ranges_heads_and_conditionals(
+    start_web: StartWeb, site: Path
+) -> None:
+    """The fast path sends the whole file from the cache's descriptor; the rest open
+    their own, and the cache's stays usable."""
+    content = os.urandom(100_000)
+    (site / "large.bin").write_bytes(content)
+    server = await start_web(root=site)
+    async with httpx.AsyncClient(base_url=url(server)) as client:
+        whole = await client.get("/large.bin")
+        assert (whole.status_code, whole.content) == (200, content)
+        part = await client.get("/large.bin", headers={"Range": "bytes=99990-"})
+        assert (part.status_code, part.content) == (206, content[99990:])
+        head = await client.head("/large.bin")
+        assert (head.status_code, head.headers["content-length"]) == (200, "100000")
+        etag = whole.headers["etag"]
+        cached = await client.get("/large.bin", headers={"If-None-Match": etag})
+        assert (cached.status_code, cached.content) == (304, b"")
+        assert (await client.get("/large.bin")).content == content
+
+
 async def test_files_kept_open_are_closed_when_their_entry_goes(
     start_web: StartWeb, site: Path
 ) -> None:
