@@ -59,7 +59,8 @@ class Server:
         self.settings = settings
         self.backend_name = backend_name
         self.pool = pool
-        self.changed: Callable[[], None] = _nothing  # the backend's servers_changed
+        # the backend's servers_changed, told whether the weight is what changed
+        self.changed: Callable[[bool], None] = _nothing
         self._weight = weight
         self._state: ServerState = state
         self._up = True  # health: servers start up, the first check runs at once (HAProxy)
@@ -81,7 +82,7 @@ class Server:
     @weight.setter
     def weight(self, weight: int) -> None:
         self._weight = weight
-        self.changed()
+        self.changed(True)
 
     @property
     def state(self) -> ServerState:
@@ -90,7 +91,7 @@ class Server:
     @state.setter
     def state(self, state: ServerState) -> None:
         self._state = state
-        self.changed()
+        self.changed(False)
 
     @property
     def up(self) -> bool:
@@ -99,7 +100,7 @@ class Server:
     @up.setter
     def up(self, up: bool) -> None:
         self._up = up
-        self.changed()
+        self.changed(False)
 
     @property
     def ejected_until(self) -> float:
@@ -109,7 +110,7 @@ class Server:
     @ejected_until.setter
     def ejected_until(self, until: float) -> None:
         self._ejected_until = until
-        self.changed()
+        self.changed(False)
 
     @property
     def usable(self) -> bool:
@@ -156,7 +157,7 @@ class Server:
         }
 
 
-def _nothing() -> None:
+def _nothing(weights: bool) -> None:
     pass
 
 
@@ -217,9 +218,11 @@ class Backend:
     def server(self, name: str) -> Server | None:
         return next((server for server in self.servers if server.name == name), None)
 
-    def servers_changed(self) -> None:
-        """A server's health, state, weight or ejection changed."""
-        self.algorithm.update(self.servers)
+    def servers_changed(self, weights: bool) -> None:
+        """A server's health, state, weight or ejection changed: the turns are planned
+        anew at the next pick; the algorithm hears of a new weight."""
+        if weights:
+            self.algorithm.update(self.servers)
         self._turns_until = 0.0
 
     def _plan_turns(self, now: float) -> list[Server] | None:
@@ -271,44 +274,42 @@ class Backend:
         if self._queue:
             return None  # first come, first served: the queue goes before
         turns = self._turns
-        if turns and not self._slots_limited and time.monotonic() < self._turns_until:
-            server = turns[self._next_turn]  # the common case of _take_free, shortened
-            self._next_turn = (self._next_turn + 1) % len(turns)
-            self.take(server)
-            return server
+        if turns is not None and time.monotonic() < self._turns_until:
+            return self._take_turn(turns)  # the plan holds: straight to the next step
         return self._take_free(None, request, None)
 
     def _take_free(
         self, usable: list[Server] | None, request: RequestInfo, avoid: Server | None
     ) -> Server | None:
         """The algorithm's choice among the usable servers with a free slot (`usable`
-        when the caller has them at hand), other than `avoid` unless it is the last."""
+        when the caller has them at hand), other than `avoid` unless it is the last;
+        its slot taken."""
         now = time.monotonic()
         turns = self._turns if now < self._turns_until else self._plan_turns(now)
         if turns is not None and avoid is None:
-            picked = self._take_turn(turns)
-        else:
-            if usable is None:
-                usable = self.usable()
-            candidates = (
-                [server for server in usable if server.has_slot] if self._slots_limited else usable
-            )
-            if avoid is not None and len(candidates) > 1:
-                candidates = [server for server in candidates if server is not avoid]
-            chosen = self.algorithm.pick(candidates, request) if candidates else None
-            assert chosen is None or isinstance(chosen, Server)
-            picked = chosen
-        if picked is not None:
-            self.take(picked)
+            return self._take_turn(turns)
+        if usable is None:
+            usable = self.usable()
+        candidates = (
+            [server for server in usable if server.has_slot] if self._slots_limited else usable
+        )
+        if avoid is not None and len(candidates) > 1:
+            candidates = [server for server in candidates if server is not avoid]
+        picked = self.algorithm.pick(candidates, request) if candidates else None
+        if picked is None:
+            return None
+        assert isinstance(picked, Server)
+        self.take(picked)
         return picked
 
     def _take_turn(self, turns: list[Server]) -> Server | None:
-        """The next server of the plan with a free slot."""
+        """The plan's next server with a free slot, its slot taken."""
         count = len(turns)
         for _ in range(count):
             server = turns[self._next_turn]
             self._next_turn = (self._next_turn + 1) % count
             if not self._slots_limited or server.has_slot:
+                self.take(server)
                 return server
         return None
 
