@@ -252,8 +252,8 @@ def test_a_stopped_web_server_fires_its_alert_and_the_restart_resolves_it(
     site: LiveSite,
 ) -> None:
     instance = f"127.0.0.1:{site.base + site.admins['web1']}"
+    stopped = time.monotonic()  # before: the server stops answering while stop() waits
     command = site.stop("web1")
-    stopped = time.monotonic()
     wait_for(
         lambda: [a for a in alerts(site, "FoobarWebServerDown", instance=instance)
                  if a["state"] == "firing"],
