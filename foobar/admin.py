@@ -35,7 +35,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from foobar.http.server import Request, Response, Server, ServerConfig, error_response
+from foobar.http.server import (
+    Request,
+    Response,
+    ResponseCounts,
+    Server,
+    ServerConfig,
+    error_response,
+)
 from foobar.settings import HostPort
 
 log = logging.getLogger("foobar.admin")
@@ -175,6 +182,29 @@ class PlainCounter(_PlainFamily):
         for label_values, value in self.values.items():
             family.add_metric([str(label) for label in label_values], value)
         yield family
+
+
+class ResponseCounters(_PlainFamily):
+    """The HTTP core's counts (`ResponseCounts`, kept by each `Server` as it answers) as
+    two counter families: `{role}_requests` by status, and `{role}_sent_bytes`. `counts`
+    maps the values of the tier's own labels (before `status`) to a server's counts."""
+
+    def __init__(self, role: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
+        self.counts: dict[tuple[str, ...], ResponseCounts] = {}
+        self.role = role
+        super().__init__(f"{role}_requests", "responses by status", [*labels, "status"], registry)
+
+    def collect(self) -> Iterator[Metric]:
+        responses = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        sent = CounterMetricFamily(
+            f"{self.role}_sent_bytes", "response body bytes sent", labels=self.labels[:-1]
+        )
+        for label_values, counts in self.counts.items():
+            for status, value in counts.by_status.items():
+                responses.add_metric([*label_values, str(status)], value)
+            sent.add_metric(list(label_values), counts.sent)
+        yield responses
+        yield sent
 
 
 class PlainHistogram(_PlainFamily):

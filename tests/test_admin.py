@@ -7,10 +7,17 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from foobar.admin import Admin, AdminGuard, PlainCounter, json_response, split_host
-from foobar.http.server import Request, Response
+from foobar.admin import (
+    Admin,
+    AdminGuard,
+    PlainCounter,
+    ResponseCounters,
+    json_response,
+    split_host,
+)
+from foobar.http.server import Request, Response, Server
 from foobar.settings import HostPort
 
 
@@ -80,6 +87,37 @@ async def test_metrics_in_prometheus_format(admin: tuple[Role, str]) -> None:
         role.responses.values[("www", 200)] += 1  # read again at each scrape
         response = await client.get("/metrics")
         assert 'foobar_test_responses_total{frontend="www",status="200"} 3.0' in response.text
+
+
+async def test_response_counts_kept_by_the_core_are_scraped() -> None:
+    """A server counts its responses by status and the body bytes it sent, on the fast
+    path and the task path alike; the tier's metrics read them at each scrape."""
+    registry = CollectorRegistry()
+    counters = ResponseCounters("foobar_test", ["frontend"], registry)
+
+    async def handler(request: Request) -> Response:
+        return Response(404 if request.path == b"/missing" else 200, body=b"hello")
+
+    def fast_handler(request: Request) -> bool:
+        if request.path != b"/fast":
+            return False
+        request.respond(Response(200, body=b"fast!!"))
+        return True
+
+    server = Server(handler, fast_handler=fast_handler)
+    counters.counts[("www",)] = server.counts
+    await server.start("127.0.0.1", 0)
+    host, port = server.address
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            for path in ("/fast", "/", "/missing", "/fast"):
+                await client.get(path)
+        text = generate_latest(registry).decode()
+        assert 'foobar_test_requests_total{frontend="www",status="200"} 3.0' in text
+        assert 'foobar_test_requests_total{frontend="www",status="404"} 1.0' in text
+        assert 'foobar_test_sent_bytes_total{frontend="www"} 22.0' in text
+    finally:
+        await server.shutdown(1.0)
 
 
 async def test_status_json_and_extra_route(admin: tuple[Role, str]) -> None:

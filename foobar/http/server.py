@@ -25,6 +25,7 @@ and most of what a proxied request costs in Python.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -83,9 +84,8 @@ UpstreamLog = tuple[str, int, float]
 FastHandler = Callable[["Request"], bool]
 
 
-# Told of every answered request, as the access log and metrics see it: the request, the
-# status, the body bytes sent, and the seconds from its head's arrival to the last byte
-# written. Plain arguments: it runs per request, and most tiers only count statuses.
+# Told of every answered request, as the access log sees it: the request, the status, the
+# body bytes sent, and the seconds from its head's arrival to the last byte written.
 OnResponse = Callable[["Request", int, int, float], None]
 # Builds the response for an error status (the parser's, a limit's, a handler's HTTPError):
 # the app answers JSON, the web tier and balancer plain text, as nginx's error_page.
@@ -97,6 +97,19 @@ def error_response(status: int, detail: str = "") -> Response:
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     text = f"{status} {phrase}\n" + (f"{detail}\n" if detail else "")
     return Response(status, [(b"Content-Type", b"text/plain; charset=utf-8")], text.encode())
+
+
+class ResponseCounts:
+    """Responses by status and the body bytes sent, counted by the core as it answers (as
+    nginx's and HAProxy's own counters are): plain numbers, read by a tier's metrics when
+    they are scraped. A tier that wants them kept across a restart of its server (a
+    reloaded listener) gives the same object to the new one."""
+
+    __slots__ = ("by_status", "sent")
+
+    def __init__(self) -> None:
+        self.by_status: collections.defaultdict[int, int] = collections.defaultdict(int)
+        self.sent = 0
 
 
 class Request:
@@ -311,15 +324,16 @@ class Connection(FlowControlled):
         "_timer_at",
         "_waiting_body",
         "config",
+        "counts",
         "error_page",
         "fast_handler",
         "forwarding_fields",
         "handler",
-        "on_response",
         "parser",
         "peer",
         "phase",
         "scheme",
+        "server",
         "state",
         "writer",
     )
@@ -331,7 +345,8 @@ class Connection(FlowControlled):
         self.fast_handler = server.fast_handler
         self.config = config
         self.state = server.state
-        self.on_response = server.on_response
+        self.server = server
+        self.counts = server.counts
         self.error_page = server.error_page
         self.scheme = server.scheme
         self.parser = RequestParser(config.max_header_bytes, config.max_header_fields)
@@ -601,12 +616,16 @@ class Connection(FlowControlled):
 
     def _answered(self, request: Request, status: int, sent: int, since: float) -> None:
         """The bookkeeping after every response, on either path: the keep-alive time
-        counts from here, and the access log and metrics hear of it (`since`: when the
-        request's head was complete)."""
+        counts from here, the response is counted, and the access log hears of it
+        (`since`: when the request's head was complete)."""
         now = self._last_write = self.loop.time()
         self._requests += 1
-        if self.on_response is not None:
-            self.on_response(request, status, sent, now - since)
+        counts = self.counts
+        counts.by_status[status] += 1
+        counts.sent += sent
+        on_response = self.server.on_response  # a reload may turn the access log on or off
+        if on_response is not None:
+            on_response(request, status, sent, now - since)
 
     # the fast path
 
@@ -881,11 +900,13 @@ class Server:
         on_response: OnResponse | None = None,
         error_page: ErrorPage | None = None,
         fast_handler: FastHandler | None = None,
+        counts: ResponseCounts | None = None,
     ) -> None:
         self.handler = handler
         self.fast_handler = fast_handler
         self.config = config or ServerConfig()
         self.on_response = on_response
+        self.counts = counts or ResponseCounts()
         self.error_page = error_page or error_response
         self.state = ServerState()
         self.scheme = "http"

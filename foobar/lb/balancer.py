@@ -11,7 +11,6 @@ address, mode and TLS files are unchanged is kept as it is, others are opened or
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import ssl
 import time
@@ -20,9 +19,9 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from foobar import logs
-from foobar.admin import PlainCounter
+from foobar.admin import ResponseCounters
 from foobar.http.listener import Listener as HttpListener
-from foobar.http.server import Request, Server, ServerConfig
+from foobar.http.server import OnResponse, ResponseCounts, Server, ServerConfig
 from foobar.lb.health import HealthChecks
 from foobar.lb.http_proxy import HttpFrontend
 from foobar.lb.servers import Backend
@@ -118,12 +117,7 @@ class Balancer:
         self.listeners: dict[str, Listener] = {}
         # what the last install replaced, stopped by reload()
         self._retired: tuple[dict[str, Backend], dict[str, HealthChecks]] = ({}, {})
-        self.requests = PlainCounter(
-            "foobar_lb_requests",
-            "HTTP responses by frontend and status",
-            ["frontend", "status"],
-            registry,
-        )
+        self.requests = ResponseCounters("foobar_lb", ["frontend"], registry)
 
     async def start(self) -> None:
         self._install_backends(self.settings)
@@ -150,8 +144,10 @@ class Balancer:
                     accept_proxy=frontend.accept_proxy,
                     max_connections=frontend.maxconn,
                 ),
-                on_response=functools.partial(self._observe, frontend.name),
+                on_response=self._access_log(self.settings),
                 fast_handler=listener.http.answer_now,
+                # a listener reopened by a reload counts on
+                counts=self.requests.counts.setdefault((frontend.name,), ResponseCounts()),
             )
             await listener.server.start(
                 frontend.bind.host, frontend.bind.port, ssl=context, reuse_port=self.reuse_port
@@ -165,12 +161,9 @@ class Balancer:
         )
         return listener
 
-    def _observe(
-        self, frontend: str, request: Request, status: int, sent: int, duration: float
-    ) -> None:
-        self.requests.values[(frontend, status)] += 1
-        if self.settings.access_log:
-            logs.log_access(request, status, sent, duration)
+    @staticmethod
+    def _access_log(settings: LbSettings) -> OnResponse | None:
+        return logs.log_access if settings.access_log else None
 
     def _install_backends(self, settings: LbSettings) -> dict[str, Backend]:
         """Build the backends of `settings`, carrying over what is known of servers that
@@ -205,6 +198,8 @@ class Balancer:
                 listener.settings = frontend
                 if listener.http is not None:
                     listener.http.configure(frontend)
+                if listener.server is not None:
+                    listener.server.on_response = self._access_log(settings)
                 keep[frontend.name] = listener
             else:
                 if listener is not None:

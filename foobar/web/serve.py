@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from foobar import logs
-from foobar.admin import Admin, PlainCounter
+from foobar.admin import Admin, ResponseCounters
 from foobar.http.client import PoolConfig
 from foobar.http.server import Request, Response, Server, ServerConfig, error_response
 from foobar.process import until_stopped
@@ -25,10 +25,7 @@ class WebServer:
         self.settings = settings
         self.name = settings.name.encode()
         self.registry = CollectorRegistry()
-        self.requests = PlainCounter(
-            "foobar_web_requests", "responses by status", ["status"], self.registry
-        )
-        self.sent = PlainCounter("foobar_web_sent_bytes", "body bytes sent", [], self.registry)
+        self.requests = ResponseCounters("foobar_web", [], self.registry)
         self.static = StaticFiles(
             settings.root,
             settings.cache_control,
@@ -56,16 +53,11 @@ class WebServer:
                 body_min_rate=settings.client_body_min_rate,
                 max_connections=settings.worker_connections,
             ),
-            on_response=self.observe,
+            on_response=logs.log_access if settings.access_log else None,
             fast_handler=self.answer_now,
         )
+        self.requests.counts[()] = self.server.counts
         self.admin = Admin(self.health, self.status, self.registry)
-
-    def observe(self, request: Request, status: int, sent: int, duration: float) -> None:
-        self.requests.values[(status,)] += 1
-        self.sent.values[()] += sent
-        if self.settings.access_log:
-            logs.log_access(request, status, sent, duration)
 
     def answer_now(self, request: Request) -> bool:
         """The fast path (see foobar.http.server): files, and proxied requests the proxy
