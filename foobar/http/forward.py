@@ -52,13 +52,15 @@ TIMEOUT: Final = "timeout"  # no answer in time
 ERROR: Final = "error"  # the connection broke, or the answer was malformed
 STATUS: Final = "status"  # an answer the route turned down (nginx's http_502)
 
-# In an answer's head, lower-cased, its hop-by-hop fields (llhttp has refused bare LFs and
-# spaces before colons, so every "\r\n" starts a field line); group 1 holds the one
-# servers usually send, "Connection: keep-alive" or "close", which names no other field.
+# In an answer's head, lower-cased, a hop-by-hop field (llhttp has refused bare LFs and
+# spaces before colons, so every "\r\n" starts a field line). Group 1: the one servers
+# usually send, "Connection: keep-alive" or "close", which names no other field, when no
+# other hop-by-hop field follows it (the first branch reads the rest of the head; it
+# starts with a letter, not the group, so sre skips it at once on other lines).
+_HOP_BY_HOP_NAMES: Final = b"|".join(re.escape(name) for name in sorted(hdrs.HOP_BY_HOP))
 _HOP_BY_HOP_FIELD: Final = re.compile(
-    rb"\r\n(?:(connection:[ \t]*(?:keep-alive|close)[ \t]*)(?=\r\n)|(?:"
-    + b"|".join(re.escape(name) for name in sorted(hdrs.HOP_BY_HOP))
-    + rb"):)"
+    rb"\r\n(?:connection:([ \t]*(?:keep-alive|close)[ \t]*)(?:\r\n(?!(?:%s):)[^\r]*)*\Z"
+    rb"|(?:%s):)" % (_HOP_BY_HOP_NAMES, _HOP_BY_HOP_NAMES)
 )
 
 
@@ -166,9 +168,9 @@ class ProxyExchange(Generic[T]):
         self.target = None
         route.release(self, target)
         request = self.request
-        passed_on = relayed_head(head.raw)
+        passed_on = relayed_head(head.raw, added)
         if passed_on is not None:
-            request.respond_raw(head.status, passed_on + added, body)
+            request.respond_raw(head.status, passed_on, body)
             return
         body, framing = whole_body(head, body)
         request.respond(_relayed(head, body, framing, added))
@@ -316,18 +318,18 @@ class Forwarder(Generic[T]):
         return fields
 
 
-def relayed_head(raw: bytes) -> bytes | None:
-    """A whole answer's head as received, its Connection field removed and its final
-    empty line left off, ready for the relay's own fields; None when it has other
-    hop-by-hop fields (Transfer-Encoding among them), or a Connection field that names
-    some: the head is then rebuilt from its field list. An answer that ended before the
-    connection did, without Transfer-Encoding, is framed by its Content-Length or has no
-    body (HEAD, 1xx, 204, 304): its head frames the same bytes for the client."""
-    head = raw[:-2]
-    lowered = head.lower()
-    found = _HOP_BY_HOP_FIELD.search(lowered)
+def relayed_head(raw: bytes, added: bytes) -> bytes | None:
+    """A whole answer's head as received, its Connection field removed, `added` (field
+    lines) at its end and its final empty line left off, ready for the relay's framing;
+    None when it has other hop-by-hop fields (Transfer-Encoding among them), or a
+    Connection field that names some: the head is then rebuilt from its field list. An
+    answer that ended before the connection did, without Transfer-Encoding, is framed by
+    its Content-Length or has no body (HEAD, 1xx, 204, 304): its head frames the same
+    bytes for the client."""
+    end = len(raw) - 2
+    found = _HOP_BY_HOP_FIELD.search(raw.lower(), 0, end)
     if found is None:
-        return head
-    if found[1] is None or _HOP_BY_HOP_FIELD.search(lowered, found.end()) is not None:
+        return raw[:end] + added
+    if found[1] is None:
         return None
-    return head[: found.start()] + head[found.end() :]
+    return b"".join((raw[: found.start()], raw[found.end(1) : end], added))

@@ -57,6 +57,9 @@ STATUS_LINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
         (b"Connection: keep-alive\r\n", b""),
         (b"CONNECTION:  Close \r\n", b""),
         (b"Connection: keep-alive\r\nX-A: 1\r\n", b"X-A: 1\r\n"),
+        (b"X-A: 1\r\nConnection: close\r\nX-B: 2\r\n", b"X-A: 1\r\nX-B: 2\r\n"),
+        (b"Connection: keep-alive\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\n", None),
+        (b"Keep-Alive: timeout=5\r\nConnection: keep-alive\r\n", None),
         (b"X-Connection: keep-alive\r\n", b"X-Connection: keep-alive\r\n"),
         (b"Connection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n", None),
         (b"Connection: keep-alive\r\nConnection: close\r\n", None),
@@ -68,10 +71,11 @@ STATUS_LINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
 def test_an_answer_head_is_relayed_as_received_less_its_connection_field(
     fields: bytes, relayed: bytes | None
 ) -> None:
-    """The fast path's answer: its Connection field off when it names no other field,
-    rebuilt (None) when it has any other hop-by-hop field."""
-    expected = None if relayed is None else STATUS_LINE + relayed
-    assert relayed_head(STATUS_LINE + fields + b"\r\n") == expected
+    """The fast path's answer: its Connection field off when it names no other field, the
+    route's fields added; rebuilt (None) when it has any other hop-by-hop field."""
+    added = b"X-Foobar-LB: www\r\n"
+    expected = None if relayed is None else STATUS_LINE + relayed + added
+    assert relayed_head(STATUS_LINE + fields + b"\r\n", added) == expected
 
 
 @pytest.mark.parametrize(
