@@ -57,8 +57,11 @@ class HttpFrontend:
         self.configure(settings)
 
     def configure(self, settings: FrontendSettings) -> None:
-        """At start and on reload: the fields added to every answer are made here."""
+        """At start and on reload (after the backends are installed): the backend, and the
+        fields added to every answer, are looked up and made here."""
         self.settings = settings
+        self.backend = self.balancer.backends[settings.backend]
+        self._plan_without_cookie: Plan = (self.backend, None)
         fields = [(b"X-Foobar-LB", self.name)]
         if settings.hsts_max_age is not None and settings.tls_cert is not None:
             fields.append((b"Strict-Transport-Security", b"max-age=%d" % settings.hsts_max_age))
@@ -86,13 +89,16 @@ class HttpFrontend:
         reads `exchange.plan` as it is."""
         plan = exchange.plan
         if plan is None:
-            backend = self.balancer.backends[self.settings.backend]  # per request: reloads
+            backend = self.backend
             plan = exchange.plan = (backend, self.sticky_server(backend, exchange.request))
         return plan  # type: ignore[return-value]
 
     def pick_now(self, exchange: ProxyExchange[Server]) -> Server | None:
-        backend = self.balancer.backends[self.settings.backend]  # per request: reloads
-        sticky = self.sticky_server(backend, exchange.request) if backend.settings.cookie else None
+        backend = self.backend
+        if backend.settings.cookie is None:
+            exchange.plan = self._plan_without_cookie
+            return backend.take_now(exchange.request)
+        sticky = self.sticky_server(backend, exchange.request)
         exchange.plan = (backend, sticky)
         if sticky is not None:
             backend.take(sticky)
@@ -144,7 +150,7 @@ class HttpFrontend:
         server.counters.requests += 1
         if status >= 500:
             backend.failed(server, "response")
-        else:
+        elif server.consecutive_errors:
             backend.succeeded(server)
         cookie = backend.settings.cookie
         if cookie is None or sticky is server:
@@ -157,8 +163,7 @@ class HttpFrontend:
 
     def release(self, exchange: ProxyExchange[Server], server: Server) -> None:
         plan: Plan = exchange.plan  # type: ignore[assignment]
-        backend = plan[0]
-        backend.release(server)
+        plan[0].release(server)
 
     def request_fields(self, request: Request) -> bytes:
         return b""

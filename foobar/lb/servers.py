@@ -274,9 +274,9 @@ class Backend:
         if self._queue:
             return None  # first come, first served: the queue goes before
         turns = self._turns
-        if turns is not None and time.monotonic() < self._turns_until:
-            return self._take_turn(turns)  # the plan holds: straight to the next step
-        return self._take_free(None, request, None)
+        if turns is None or time.monotonic() >= self._turns_until:
+            return self._take_free(None, request, None)
+        return self._take_turn(turns)  # the plan holds: straight to the next step
 
     def _take_free(
         self, usable: list[Server] | None, request: RequestInfo, avoid: Server | None

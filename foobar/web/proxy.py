@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,14 +98,23 @@ class UpstreamGroup:
         self.name = name.encode()
         self._added_lines = b"X-Foobar-Web: %s\r\n" % self.name
         self._turn = itertools.count()
+        # the usable upstreams, made anew when one goes down or its fail_timeout ends
+        self._usable: list[Upstream] = []
+        self._usable_until = 0.0  # time.monotonic() until which `_usable` holds
         self.forwarder = Forwarder(self)
         # the core's handlers (see foobar.http.forward): the engine's, with this route
         self.answer_now = self.forwarder.answer_now
         self.handle = self.forwarder.handle
 
     def usable(self) -> list[Upstream]:
+        """The upstreams not marked down (a list nobody changes: requests keep it)."""
         now = time.monotonic()
-        return [upstream for upstream in self.upstreams if upstream.usable(now)]
+        if now < self._usable_until:
+            return self._usable
+        self._usable = [upstream for upstream in self.upstreams if upstream.usable(now)]
+        ends = [upstream.down_until for upstream in self.upstreams if upstream.down_until > now]
+        self._usable_until = min(ends, default=math.inf)
+        return self._usable
 
     def _failed(self, upstream: Upstream, kind: str, reason: str) -> None:
         self.metrics.errors.labels(upstream.name, kind).inc()
@@ -112,6 +122,7 @@ class UpstreamGroup:
         if upstream.fails >= self.max_fails:
             upstream.down_until = time.monotonic() + self.fail_timeout
             upstream.fails = 0
+            self._usable_until = 0.0
             log.warning(
                 "event=upstream_down upstream=%s for=%.0fs reason=%r",
                 upstream.name,
