@@ -109,23 +109,20 @@ def _local_time(second: int) -> str:
     return text
 
 
+_ABSENT: Final = '"-"'  # a field the request did not carry
+
+
 def _quoted(value: bytes | None) -> str:
     if not value:
-        return '"-"'
+        return _ABSENT
     text = value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 
 
-# Seconds with three decimals, as nginx logs times: formatting a float costs more than the
-# rest of the line, so the values under a second (nearly all) are made once.
+# Seconds with three decimals, as nginx logs times, by the millisecond: formatting a float
+# costs more than the rest of the line, so the values under a second (nearly all) are
+# made once and looked up inline (a call per time cost as much again).
 _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
-
-
-def _seconds(value: float) -> str:
-    try:
-        return _MILLISECONDS[int(value * 1000 + 0.5)]  # durations are never negative
-    except IndexError:
-        return f"{value:.3f}"
 
 
 def access_line(
@@ -133,21 +130,23 @@ def access_line(
 ) -> str:
     """One request's line (see the module's docstring); `now`: time.time() if not given."""
     head = request.head
-    referer, user_agent = head.referer, head.user_agent
-    referer_text = '"-"' if referer is None else _quoted(referer)
-    user_agent_text = '"-"' if user_agent is None else _quoted(user_agent)
-    upstream = request.upstream
+    referer, user_agent, upstream = head.referer, head.user_agent, request.upstream
+    milliseconds = int(duration * 1000 + 0.5)  # durations are never negative
+    request_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{duration:.3f}"
     if upstream is None:
         upstream_text = ""
     else:
         address, upstream_status, seconds = upstream
-        upstream_text = f" ua={address} us={upstream_status} urt={_seconds(seconds)}"
+        milliseconds = int(seconds * 1000 + 0.5)
+        upstream_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{seconds:.3f}"
+        upstream_text = f" ua={address} us={upstream_status} urt={upstream_time}"
     started = int((now or time.time()) - duration)
-    stamp = _CLOCK_CACHE.get(started) or _local_time(started)
     return (
-        f"{request.client[0]} - - [{stamp}] "
-        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
-        f"{status} {sent} {referer_text} {user_agent_text} rt={_seconds(duration)}{upstream_text}"
+        f"{request.client[0]} - - [{_CLOCK_CACHE.get(started) or _local_time(started)}] "
+        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" {status} {sent} '
+        f"{_ABSENT if referer is None else _quoted(referer)} "
+        f"{_ABSENT if user_agent is None else _quoted(user_agent)} "
+        f"rt={request_time}{upstream_text}"
     )
 
 

@@ -58,7 +58,11 @@ def test_access_line_is_combined_format_plus_times() -> None:
     "seconds", [0.0, 0.0004, 0.0005, 0.0015, 0.1234, 0.9994, 0.9996, 1.0, 7.25]
 )
 def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
-    assert logs._seconds(seconds) == f"{seconds:.3f}"
+    head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
+    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    request.upstream = ("10.0.0.3:8000", 200, seconds)
+    line = logs.access_line(request, 200, 0, seconds)
+    assert line.endswith(f" rt={seconds:.3f} ua=10.0.0.3:8000 us=200 urt={seconds:.3f}")
 
 
 def test_setup_sends_event_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
