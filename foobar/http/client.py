@@ -151,8 +151,9 @@ class UpstreamConnection(FlowControlled):
             return
         self.waiter = None
         self.pool.release(self, head.keep_alive and not self.parser.surplus)
-        chunks = cast(list[bytes], events[1:-1])  # between the head and its END: the body
-        waiter.answer_arrived(head, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        # between the head and its END: the body, most often one piece
+        body = events[1] if len(events) == 3 else b"".join(cast(list[bytes], events[1:-1]))
+        waiter.answer_arrived(head, body)  # type: ignore[arg-type]
 
     def _hand_to_task(self) -> None:
         waiter, self.waiter = self.waiter, None

@@ -290,22 +290,26 @@ class Forwarder(Generic[T]):
         if target is None:
             return False
         exchange.started = time.monotonic()
-        target.pool.send_now(exchange, request.head.method, self.head_bytes(request))
+        head = request.head
+        raw = request.raw
+        if raw is not None and head.relayable and head.version == "1.1":
+            # as received, with the forwarding fields added (the common case, inline)
+            relayed = b"".join(
+                (raw[:-2], request.forwarding_fields, self.route.request_fields(request), b"\r\n")
+            )
+            target.pool.send_now(exchange, head.method, relayed)
+        else:
+            target.pool.send_now(exchange, head.method, self.rebuilt_head(request))
         return True
 
     async def handle(self, request: Request) -> Response:
         return await ProxyExchange(self, request).forward(request)
 
-    def head_bytes(self, request: Request) -> bytes:
-        """The request's head as it goes upstream: as received, with the route's fields
-        added, when the client sent it in one piece as HTTP/1.1 and nothing in it has to
-        change; otherwise rebuilt from its fields."""
-        raw = request.raw
+    def rebuilt_head(self, request: Request) -> bytes:
+        """The request's head as it goes upstream, rebuilt from its fields: when the
+        client did not send it in one piece as HTTP/1.1, or something in it has to
+        change (otherwise it goes as received, with the route's fields added)."""
         head = request.head
-        if raw is not None and head.relayable and head.version == "1.1":
-            return b"".join(
-                (raw[:-2], request.forwarding_fields, self.route.request_fields(request), b"\r\n")
-            )
         return request_bytes(head.method, head.target, self.request_fields(request), None, None)
 
     def request_fields(self, request: Request) -> hdrs.Headers:

@@ -77,14 +77,11 @@ class ResponseHead:
     line, fields and the empty line). The rest is read from `raw` only when asked for: a
     proxy relaying the bytes needs the status and little else."""
 
-    __slots__ = ("_headers", "keep_alive", "raw", "status", "version")
+    __slots__ = ("_headers", "keep_alive", "raw", "status")
 
-    def __init__(
-        self, status: int, raw: bytes, version: str = "1.1", keep_alive: bool = True
-    ) -> None:
+    def __init__(self, status: int, raw: bytes, keep_alive: bool = True) -> None:
         self.status = status
         self.raw = raw
-        self.version = version
         self.keep_alive = keep_alive
         self._headers: hdrs.Headers | None = None
 
@@ -121,7 +118,7 @@ class ResponseHead:
 Event = RequestHead | ResponseHead | bytes | EndOfMessage
 
 SUPPORTED_VERSIONS = frozenset({"1.0", "1.1"})
-_VERSIONS: Final = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_STATUS_LINE_VERSIONS: Final = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
@@ -445,6 +442,12 @@ class ResponseParser(_Parser):
             self.surplus = True
         return events
 
+    def _refuse_head(self, end: int) -> NoReturn:
+        """A head that did not start where a response may, or is over the size limit."""
+        if end < 4:  # its first byte was not where a response may start
+            self._refuse(ProtocolError("response after the end of the answer"))
+        self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
+
     def finish(self) -> list[Event]:
         """The connection closed. A response with neither Content-Length nor chunked
         framing ends here (RFC 9112 §6.3); any other message cut short stays incomplete,
@@ -462,14 +465,14 @@ class ResponseParser(_Parser):
     def on_headers_complete(self) -> None:
         self._in_head = False
         pending = self._pending
-        # read from the status line: llhttp's accessor formats a string (2k instructions)
-        version = _VERSIONS.get(pending[:8]) or self._checked_version()
+        # the version checked on the status line: llhttp's accessor formats a string (2k
+        # instructions); it refuses the versions that are not 1.0 or 1.1
+        if pending[:8] not in _STATUS_LINE_VERSIONS:
+            self._checked_version()
         end = pending.find(b"\r\n\r\n") + 4
-        if end < 4:  # its first byte was not where a response may start
-            self._refuse(ProtocolError("response after the end of the answer"))
+        if not 4 <= end <= self.max_header_bytes:
+            self._refuse_head(end)
         raw = pending[:end]
-        if end > self.max_header_bytes:
-            self._refuse(HeadersTooLarge(f"header block over {self.max_header_bytes} bytes"))
         # a field line takes 4 bytes at least: a short head can't have too many
         if end > 4 * self.max_header_fields and raw.count(b"\r\n") - 2 > self.max_header_fields:
             self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
@@ -477,7 +480,7 @@ class ResponseParser(_Parser):
         status = parser.get_status_code()
         # an interim answer's successor starts right after it; a final one's body follows
         self._pending = pending[end:] if status < 200 else b""
-        head = ResponseHead(status, raw, version, parser.should_keep_alive())
+        head = ResponseHead(status, raw, parser.should_keep_alive())
         self._last_head = head
         self._events.append(head)
         if self._head_response and status >= 200:

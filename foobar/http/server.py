@@ -118,13 +118,17 @@ class Request:
     __slots__ = ("_connection", "_fields", "body", "head", "raw", "upstream")
 
     def __init__(
-        self, head: RequestHead, connection: Connection, body: RequestBody | None = None
+        self,
+        head: RequestHead,
+        connection: Connection,
+        body: RequestBody | None = None,
+        raw: bytes | None = None,
     ) -> None:
         self.head = head
         self.body = RequestBody(head, connection) if body is None else body
         # The head as received, when it came alone in one read (the fast path's common
         # case): a proxy passes it on as it is instead of rebuilding it field by field.
-        self.raw: bytes | None = None
+        self.raw = raw
         # what a proxying handler tells the access log, formatted only if logged
         self.upstream: UpstreamLog | None = None
         self._fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
@@ -433,9 +437,7 @@ class Connection(FlowControlled):
         """Offer a request without a body that arrived while the connection was idle to
         the fast handler; True when it took it. `raw`: its head as received."""
         assert isinstance(head, RequestHead) and self.fast_handler is not None
-        request = Request(head, self, NO_BODY)
-        request.raw = raw
-        self._direct = request
+        request = self._direct = Request(head, self, NO_BODY, raw)
         self._direct_since = self._last_read
         assert self.phase is IDLE  # _enter(DIRECT), inline on the fast path
         self.phase = DIRECT
