@@ -142,11 +142,11 @@ class ProxyExchange(Generic[T]):
     sent: UpstreamConnection | None = None  # sent on by the fast path, not yet answered
     started = 0.0  # time.monotonic() when the current attempt began
     plan: object = None  # the route's own state for this request
+    target: T | None = None  # the current attempt's, its slot taken
 
-    def __init__(self, forwarder: Forwarder[T], request: Request, target: T | None = None) -> None:
+    def __init__(self, forwarder: Forwarder[T], request: Request) -> None:
         self.forwarder = forwarder
         self.request = request
-        self.target = target  # the current attempt's, its slot taken
 
     @property
     def replayable(self) -> bool:
