@@ -83,7 +83,7 @@ class UpstreamConnection(FlowControlled):
     """One connection to an upstream server, used for one request at a time."""
 
     __slots__ = (
-                "_timer",
+        "_timer",
         "error",
         "idle_since",
         "last_read",

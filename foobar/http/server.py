@@ -330,7 +330,6 @@ class Connection(FlowControlled):
         "config",
         "counts",
         "error_page",
-        "fast_handler",
         "forwarding_fields",
         "handler",
         "parser",
@@ -346,7 +345,6 @@ class Connection(FlowControlled):
         config = server.config
         super().__init__(config.high_water, config.low_water)
         self.handler = server.handler
-        self.fast_handler = server.fast_handler
         self.config = config
         self.state = server.state
         self.server = server
@@ -414,7 +412,7 @@ class Connection(FlowControlled):
             len(events) > 1
             and events[1] is END
             and self.phase is IDLE
-            and self.fast_handler is not None
+            and self.server.fast_handler is not None  # looked up: a reload may change it
             and not self.events
             and self.drain_waiter is None
             and not self.state.closing
@@ -436,13 +434,14 @@ class Connection(FlowControlled):
     def _offer(self, head: Event, raw: bytes | None) -> bool:
         """Offer a request without a body that arrived while the connection was idle to
         the fast handler; True when it took it. `raw`: its head as received."""
-        assert isinstance(head, RequestHead) and self.fast_handler is not None
+        fast_handler = self.server.fast_handler
+        assert isinstance(head, RequestHead) and fast_handler is not None
         request = self._direct = Request(head, self, NO_BODY, raw)
         self._direct_since = self._last_read
         assert self.phase is IDLE  # _enter(DIRECT), inline on the fast path
         self.phase = DIRECT
         try:
-            if self.fast_handler(request):
+            if fast_handler(request):
                 return True
         except Exception:
             log.exception("event=handler_error method=%s target=%r", head.method, head.target)

@@ -145,7 +145,7 @@ class Balancer:
                     max_connections=frontend.maxconn,
                 ),
                 on_response=self._access_log(self.settings),
-                fast_handler=listener.http.answer_now,
+                fast_handler=listener.http.fast_handler,
                 # a listener reopened by a reload counts on
                 counts=self.requests.counts.setdefault((frontend.name,), ResponseCounts()),
             )
@@ -196,9 +196,9 @@ class Balancer:
             listener = self.listeners.pop(frontend.name, None)
             if listener is not None and listener.same_socket(frontend):
                 listener.settings = frontend
-                if listener.http is not None:
+                if listener.http is not None and listener.server is not None:
                     listener.http.configure(frontend)
-                if listener.server is not None:
+                    listener.server.fast_handler = listener.http.fast_handler
                     listener.server.on_response = self._access_log(settings)
                 keep[frontend.name] = listener
             else:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from foobar.http import headers as hdrs
 from foobar.http.forward import CONNECT, Forwarder, ProxyExchange
-from foobar.http.server import Request, Response
+from foobar.http.server import FastHandler, Request, Response
 from foobar.lb.servers import Backend, NoServer, Server
 from foobar.lb.settings import FrontendSettings
 
@@ -70,12 +70,17 @@ class HttpFrontend:
 
     # the core's handlers
 
-    def answer_now(self, request: Request) -> bool:
-        """The fast handler: see foobar.http.forward."""
+    @property
+    def fast_handler(self) -> FastHandler:
+        """The core's fast handler (see foobar.http.forward) for the frontend as it is
+        configured: the engine's own while it forwards, saving a call per request."""
         if self.settings.redirect_https_port is not None:
-            request.respond(self.redirect(request))
-            return True
-        return self.forwarder.answer_now(request)
+            return self.redirect_now
+        return self.forwarder.answer_now
+
+    def redirect_now(self, request: Request) -> bool:
+        request.respond(self.redirect(request))
+        return True
 
     async def handle(self, request: Request) -> Response:
         if self.settings.redirect_https_port is not None:

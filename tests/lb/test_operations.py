@@ -94,11 +94,18 @@ async def test_sighup_reload_keeps_connections_and_refuses_a_broken_file(
         process.send_signal(signal.SIGHUP)
         assert b"surprise" in await line_with(b"reload_refused")
         assert {await served_by(held) for _ in range(4)} == {"b", "c"}  # the old set runs on
+
+        quiet = lb_toml(port, admin, [("b", b.address), ("c", c.address)])
+        config.write_text(quiet.replace('name = "lb1"', 'name = "lb1"\naccess_log = false'))
+        process.send_signal(signal.SIGHUP)
+        await line_with(b"event=reloaded")
+        assert {await served_by(held) for _ in range(4)} == {"b", "c"}  # not logged any more
     finally:
         process.terminate()
         seen += (await asyncio.wait_for(stderr.read(), 30)).splitlines()
         assert await asyncio.wait_for(process.wait(), 30) == 0
-    # access lines are buffered: all 16 were written by the time the balancer stopped
+    # access lines are buffered: all 16 were written by the time the balancer stopped, and
+    # none after the last reload turned the log off (on connections open before it too)
     assert sum(b'"GET / HTTP/1.1" 200' in line for line in seen) == 16
 
 
