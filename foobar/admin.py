@@ -231,26 +231,45 @@ class PlainHistogram(_PlainFamily):
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry
     ) -> None:
-        # per label values: [count in each bucket (the last: above them all), sum]
-        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        self.series: dict[tuple[str, ...], HistogramSeries] = {}
         super().__init__(name, documentation, labels, registry)
 
-    def observe(self, label_values: tuple[str, ...], value: float) -> None:
+    def series_for(self, label_values: tuple[str, ...]) -> HistogramSeries:
+        """One series, to observe in it without looking it up each time."""
         series = self.series.get(label_values)
         if series is None:
-            series = self.series[label_values] = ([0] * (len(self.BUCKETS) + 1), [0.0])
-        series[0][bisect.bisect_left(self.BUCKETS, value)] += 1
-        series[1][0] += value
+            series = self.series[label_values] = HistogramSeries(self.BUCKETS)
+        return series
+
+    def observe(self, label_values: tuple[str, ...], value: float) -> None:
+        self.series_for(label_values).observe(value)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        for label_values, (counts, total) in self.series.items():
+        for label_values, series in self.series.items():
             cumulative, buckets = 0, []
-            for bound, count in zip((*self.BUCKETS, float("inf")), counts, strict=True):
+            bounds = (*self.BUCKETS, float("inf"))
+            for bound, count in zip(bounds, series.counts, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
-            family.add_metric(list(label_values), buckets, total[0])
+            family.add_metric(list(label_values), buckets, series.total)
         yield family
+
+
+class HistogramSeries:
+    """One histogram series as plain numbers: the count in each bucket (the last: above
+    them all) and the sum."""
+
+    __slots__ = ("buckets", "counts", "total")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
 
 
 class Admin:

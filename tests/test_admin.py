@@ -151,9 +151,12 @@ def test_plain_histogram_exports_what_prometheus_client_would() -> None:
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     plain = PlainHistogram("x_seconds", "time", ["upstream"], ours)
     reference = Histogram("x_seconds", "time", ["upstream"], registry=theirs)
+    held = plain.series_for(("b",))  # a series kept by its user, observed without a look-up
     for value in (0.001, 0.005, 0.02, 0.3, 0.3, 4.0, 12.0):
         plain.observe(("a",), value)
         reference.labels("a").observe(value)
+        held.observe(value / 2)
+        reference.labels("b").observe(value / 2)
 
     def samples(registry: CollectorRegistry) -> list[str]:
         text = generate_latest(registry).decode()

@@ -14,17 +14,15 @@ as a `Route`:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
-from foobar.admin import PlainHistogram
+from foobar.admin import HistogramSeries, PlainHistogram
 from foobar.http.client import PoolConfig, UpstreamPool
 from foobar.http.errors import HTTPError
 from foobar.http.forward import STATUS, Forwarder, ProxyExchange
@@ -38,7 +36,7 @@ log = logging.getLogger("foobar.web.proxy")
 class Upstream:
     address: HostPort
     pool: UpstreamPool
-    latency: Callable[[float], None]  # observes foobar_web_upstream_seconds for it
+    latency: HistogramSeries  # its foobar_web_upstream_seconds
     fails: int = 0
     down_until: float = 0.0
     name: str = ""  # str(address), formatted once
@@ -86,7 +84,7 @@ class UpstreamGroup:
             Upstream(
                 address,
                 UpstreamPool(address.host, address.port, pool_config),
-                functools.partial(self.metrics.latency.observe, (str(address),)),
+                self.metrics.latency.series_for((str(address),)),
             )
             for address in addresses
         ]
@@ -95,6 +93,9 @@ class UpstreamGroup:
         self.name = name.encode()
         self._added_lines = b"X-Foobar-Web: %s\r\n" % self.name
         self._turn = itertools.count()
+        # request_fields()'s last answer, and for which (client address, Host)
+        self._fields_for: tuple[str, bytes | None] = ("", None)
+        self._fields = b""
         # the usable upstreams, made anew when one goes down or its fail_timeout ends
         self._usable: list[Upstream] = []
         self._usable_until = 0.0  # time.monotonic() until which `_usable` holds
@@ -165,7 +166,7 @@ class UpstreamGroup:
             and exchange.attempt + 1 < len(self.plan(exchange)[0])
         ):
             return None  # `proxy_next_upstream http_502`: the next upstream's turn
-        upstream.latency(time.monotonic() - exchange.started)
+        upstream.latency.observe(time.monotonic() - exchange.started)
         upstream.fails = 0
         return self._added_lines
 
@@ -173,9 +174,15 @@ class UpstreamGroup:
         pass  # nginx's upstreams have no slots here: `max_conns` is not built
 
     def request_fields(self, request: Request) -> bytes:
-        host = request.head.host
-        real_ip = b"X-Real-IP: %s\r\n" % request.client[0].encode()
-        return real_ip if host is None else real_ip + b"X-Forwarded-Host: %s\r\n" % host
+        # the last request's, when it came from the same address for the same host (the
+        # rule on a keep-alive connection): formatting costs more than the comparison
+        key = (request.client[0], request.head.host)
+        if key != self._fields_for:
+            ip, host = key
+            real_ip = b"X-Real-IP: %s\r\n" % ip.encode()
+            forwarded_host = b"" if host is None else b"X-Forwarded-Host: %s\r\n" % host
+            self._fields_for, self._fields = key, real_ip + forwarded_host
+        return self._fields
 
     def error(self, status: int, detail: str) -> Response:
         log.info("event=proxy_error status=%d reason=%r", status, detail)

@@ -62,9 +62,11 @@ class WebServer:
     def answer_now(self, request: Request) -> bool:
         """The fast path (see foobar.http.server): files, and proxied requests the proxy
         can forward at once, answered without a task."""
-        path = request.path
-        if path.startswith(self.prefixes):
+        # a prefix is a path (settings: no "?"), so the target starts with it when its
+        # path does: no split of the target for a proxied request
+        if request.head.target.startswith(self.prefixes):
             return self.proxy.answer_now(request)
+        path = request.path
         if path == b"/healthz":
             return False
         whole_file = self.static.whole_file(request, path)

@@ -60,6 +60,14 @@ class WebSettings(RoleSettings):
     # how long file metadata is trusted (nginx open_file_cache_valid)
     open_file_cache_valid: float = Field(default=1.0, ge=0)
 
+    @field_validator("proxy_prefixes")
+    @classmethod
+    def _paths(cls, prefixes: list[str]) -> list[str]:
+        for prefix in prefixes:
+            if not prefix.startswith("/") or "?" in prefix or "#" in prefix:
+                raise ValueError(f"a proxy prefix is a path, like /api/: not {prefix!r}")
+        return prefixes
+
     @field_validator("add_headers")
     @classmethod
     def _valid_fields(cls, table: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
