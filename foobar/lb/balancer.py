@@ -188,6 +188,7 @@ class Balancer:
 
     async def reload(self, settings: LbSettings) -> None:
         replaced = self._install_backends(settings)
+        self.settings = settings  # listeners opened below log as the new settings say
         _, old_checks = self._retired
         for checks in old_checks.values():
             await checks.stop()
@@ -208,7 +209,6 @@ class Balancer:
         for listener in self.listeners.values():
             await self._close(listener)
         self.listeners = keep
-        self.settings = settings
         for backend in replaced.values():
             await backend.close()  # idle server connections now; busy ones when they finish
         log.info("event=reloaded frontends=%d backends=%d", len(keep), len(self.backends))
