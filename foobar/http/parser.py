@@ -137,6 +137,7 @@ _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IG
 _TRANSFER_ENCODING: Final = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 
 
+_new_object: Final = object.__new__
 # (Content-Length, chunked, expects 100-continue) of a request with none of those fields
 _NO_FRAMING: Final = (None, False, False)
 # What llhttp raises when it stops in the middle of what it was fed.
@@ -353,22 +354,22 @@ class RequestParser(_Parser):
                 self._refuse(ProtocolError(f"invalid Host {hosts[0]!r}"))
             self._valid_host = hosts[0]
         parser = self._parser
-        self._events.append(
-            RequestHead(
-                parser.get_method().decode("ascii"),
-                self._target,
-                version,
-                headers,
-                parser.should_keep_alive(),
-                chunked,
-                length,
-                expect,
-                hosts[0] if hosts else None,
-                self._relayable,
-                self._referer,
-                self._user_agent,
-            )
-        )
+        # made field by field, without the dataclass's __init__: a call frame less per
+        # request (~1k instructions); every field is set, as __init__ would
+        head = _new_object(RequestHead)
+        head.method = parser.get_method().decode("ascii")
+        head.target = self._target
+        head.version = version
+        head.headers = headers
+        head.keep_alive = parser.should_keep_alive()
+        head.chunked = chunked
+        head.content_length = length
+        head.expect_continue = expect
+        head.host = hosts[0] if hosts else None
+        head.relayable = self._relayable
+        head.referer = self._referer
+        head.user_agent = self._user_agent
+        self._events.append(head)
 
     def _framing_of(
         self, framing: dict[bytes, bytes], version: str

@@ -3,6 +3,8 @@ every tier (a table, no sockets), and as a server answers them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from foobar.http.errors import HeadersTooLarge, ProtocolError
@@ -70,3 +72,12 @@ async def test_the_server_answers_400_to_two_hosts_and_never_calls_the_handler(f
     assert called == []
     client.close()
     await server.shutdown(1)
+
+
+def test_the_parser_sets_every_field_of_a_request_head() -> None:
+    """The parser makes a head field by field (without __init__): a field added to
+    RequestHead and not set there would be missing, not defaulted."""
+    head = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+    assert isinstance(head, RequestHead)
+    for field in dataclasses.fields(RequestHead):
+        getattr(head, field.name)  # AttributeError if the parser left it unset
