@@ -39,11 +39,10 @@ class Upstream:
     latency: HistogramSeries  # its foobar_web_upstream_seconds
     fails: int = 0
     down_until: float = 0.0
-    name: str = ""  # str(address), formatted once
-    label: str = ""  # the same: the access log names it per request (an attribute is cheaper)
+    label: str = ""  # str(address), formatted once: the access log names it per request
 
     def __post_init__(self) -> None:
-        self.name = self.label = str(self.address)
+        self.label = str(self.address)
 
     def usable(self, now: float) -> bool:
         return now >= self.down_until
@@ -115,7 +114,7 @@ class UpstreamGroup:
         return self._usable
 
     def _failed(self, upstream: Upstream, kind: str, reason: str) -> None:
-        self.metrics.errors.labels(upstream.name, kind).inc()
+        self.metrics.errors.labels(upstream.label, kind).inc()
         upstream.fails += 1
         if upstream.fails >= self.max_fails:
             upstream.down_until = time.monotonic() + self.fail_timeout
@@ -123,7 +122,7 @@ class UpstreamGroup:
             self._usable_until = 0.0
             log.warning(
                 "event=upstream_down upstream=%s for=%.0fs reason=%r",
-                upstream.name,
+                upstream.label,
                 self.fail_timeout,
                 reason,
             )

@@ -119,7 +119,7 @@ class WebServer:
             "root": str(self.settings.root),
             "upstreams": [
                 {
-                    "address": upstream.name,
+                    "address": upstream.label,
                     "usable": upstream in self.proxy.usable(),
                     "idle_connections": upstream.pool.idle_count,
                     "active_connections": upstream.pool.active_count,
@@ -139,7 +139,7 @@ class WebServer:
             host,
             port,
             self.settings.root,
-            ",".join(u.name for u in self.proxy.upstreams),
+            ",".join(u.label for u in self.proxy.upstreams),
         )
 
     async def stop(self) -> None:

@@ -96,7 +96,7 @@ async def test_killed_upstream_others_take_over_then_502(
         assert (await client.get("/healthz")).status_code == 503
     errors = web.registry.get_sample_value(
         "foobar_web_upstream_errors_total",
-        {"upstream": web.proxy.upstreams[0].name, "kind": "connect"},
+        {"upstream": web.proxy.upstreams[0].label, "kind": "connect"},
     )
     assert errors is not None and errors >= 1
 
@@ -123,7 +123,7 @@ async def test_502_goes_to_the_next_upstream_and_long_answers_stream(
             assert (await client.get("/api/big")).content == big
     failed = web.registry.get_sample_value(
         "foobar_web_upstream_errors_total",
-        {"upstream": web.proxy.upstreams[0].name, "kind": "502"},
+        {"upstream": web.proxy.upstreams[0].label, "kind": "502"},
     )
     assert failed is not None and failed >= 4
     # a 502 read whole leaves its connection open for the next request, as nginx does
