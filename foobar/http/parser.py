@@ -137,9 +137,11 @@ _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IG
 _TRANSFER_ENCODING: Final = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 
 
-_new_object: Final = object.__new__
 # (Content-Length, chunked, expects 100-continue) of a request with none of those fields
 _NO_FRAMING: Final = (None, False, False)
+# An instance without its __init__ (the request head is made field by field, see
+# RequestParser.on_headers_complete)
+_new_object: Final = object.__new__
 # What llhttp raises when it stops in the middle of what it was fed.
 _STOPS: Final = (httptools.HttpParserUpgrade, httptools.HttpParserError)
 

@@ -102,12 +102,12 @@ class HttpFrontend:
         backend = self.backend
         if backend.settings.cookie is None:
             exchange.plan = self._plan_without_cookie
-            return backend.take_now(exchange.request)
-        sticky = self.sticky_server(backend, exchange.request)
-        exchange.plan = (backend, sticky)
-        if sticky is not None:
-            backend.take(sticky)
-            return sticky
+        else:
+            sticky = self.sticky_server(backend, exchange.request)
+            exchange.plan = (backend, sticky)
+            if sticky is not None:
+                backend.take(sticky)
+                return sticky
         return backend.take_now(exchange.request)
 
     async def pick(self, exchange: ProxyExchange[Server]) -> Server:
