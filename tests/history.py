@@ -8,6 +8,8 @@ connection: it may or may not have happened). A sampler reads every database ser
 `read_only` and epoch all along. At the end every server is read, and the checker fails
 when an acknowledged post is missing from the primary (or from a replica in service), when
 any post appears twice anywhere, or when two servers were writable in the same epoch.
+A semi-synchronous acknowledgement means the replica *received* a transaction, not that it
+applied it: a replica is given a bounded time to apply what it holds before it is judged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 # Bounds: a history never runs away with the machine.
 MAX_OPS_PER_CLIENT = 5000
 REQUEST_TIMEOUT = 5.0
+APPLY_WITHIN = 10.0  # seconds a server in service has to apply the posts it has received
 
 
 @dataclass
@@ -148,6 +151,16 @@ class Checker:
         finally:
             connection.close()
 
+    async def _titles_once_applied(self, name: str, wanted: set[str]) -> list[str] | None:
+        """`name`'s titles once it holds all of `wanted`, or as they are when APPLY_WITHIN
+        has passed (a replica's SQL thread may still be applying what it acknowledged)."""
+        deadline = self.now() + APPLY_WITHIN
+        while True:
+            titles = await self.titles(name)
+            if titles is None or wanted <= set(titles) or self.now() >= deadline:
+                return titles
+            await asyncio.sleep(0.1)
+
     async def verdict(self, must_hold: Sequence[str]) -> dict[str, Any]:
         """Read every server; `must_hold` names those that must have every acknowledged
         post (the primary, and replicas in service). Returns the counts and problems."""
@@ -155,7 +168,8 @@ class Checker:
         problems: list[str] = []
         lost = 0
         for name in self.servers:
-            titles = await self.titles(name)
+            wanted = acknowledged if name in must_hold else set()
+            titles = await self._titles_once_applied(name, wanted)
             if titles is None:
                 if name in must_hold:
                     problems.append(f"{name} cannot be read")
