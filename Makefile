@@ -1,7 +1,11 @@
 # The two commands a newcomer types: `make up` and `make test`.
 # Both work on a fresh Debian 12 / Ubuntu machine as root: they install what is missing.
 
-PYTHON ?= python3
+# The distribution's interpreter when there is one: Debian's and Ubuntu's python3 is built
+# for speed (profile-guided, libpython linked in). One found first on PATH may not be: a
+# pyenv --enable-shared build ran the same Python code at half the speed on the benchmark
+# machine (loadtests/bench/notes.md). `make PYTHON=python3.12 ...` chooses another.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs needed from the system (see scripts/system-packages)

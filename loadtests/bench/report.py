@@ -121,7 +121,8 @@ def machine(seconds: float, rounds: int) -> str:
         "HAProxy": version(["haproxy", "-v"], r"version (\S+)"),
         "nginx": version(["nginx", "-v"], r"nginx/(\S+)"),
         "wrk": version(["wrk", "--version"], r"wrk (\S+)"),
-        "Python": sys.version.split()[0],
+        # which build matters as much as which version (see the Makefile's PYTHON)
+        "Python": f"{sys.version.split()[0]} ({os.path.realpath(sys.executable)})",
     }
     return (
         f"Measured {time.strftime('%Y-%m-%d')} by `make bench` (`python -m loadtests.bench.run`), "
