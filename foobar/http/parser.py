@@ -49,16 +49,18 @@ class EndOfMessage:
 END: Final = EndOfMessage()
 
 
-@dataclass(slots=True)
+@dataclass
 class RequestHead:
+    # Not slotted: the parser fills a head in as its fields pass, and leaves the fields
+    # most requests don't carry at their class defaults (a store less for each).
     method: str
     target: bytes
     version: str
     headers: hdrs.Headers
     keep_alive: bool
-    chunked: bool
-    content_length: int | None
-    expect_continue: bool
+    chunked: bool = False
+    content_length: int | None = None
+    expect_continue: bool = False
     host: bytes | None = None  # the one Host field's value (the parser checked there is one)
     # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED): a proxy may
     # pass the head on as received
@@ -137,10 +139,8 @@ _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IG
 _TRANSFER_ENCODING: Final = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 
 
-# (Content-Length, chunked, expects 100-continue) of a request with none of those fields
-_NO_FRAMING: Final = (None, False, False)
-# An instance without its __init__ (the request head is made field by field, see
-# RequestParser.on_headers_complete)
+# An instance without its __init__ (the request head is filled in field by field, see
+# RequestParser.on_message_begin)
 _new_object: Final = object.__new__
 # What llhttp raises when it stops in the middle of what it was fed.
 _STOPS: Final = (httptools.HttpParserUpgrade, httptools.HttpParserError)
@@ -275,26 +275,26 @@ class RequestParser(_Parser):
                 self._too_large(events)
         return events
 
-    # What a request's head is gathered in, from its first byte (on_message_begin)
+    # What a request's head is gathered in, from its first byte (on_message_begin): the
+    # head itself, filled in as its fields pass (Host, Referer, User-Agent, relayable),
+    # and what is checked once it is complete
+    _head: RequestHead
     _target: bytes
     _headers: hdrs.Headers
-    _hosts: list[bytes]  # Host values, checked once the head is complete
     # Content-Length, Transfer-Encoding and Expect as on_header met them (lower-case
     # names): most requests have none, so none is made
     _framing: dict[bytes, bytes] | None
-    _relayable: bool
-    _referer: bytes | None
-    _user_agent: bytes | None
     _raw_head_size: int  # bytes fed while the head was incomplete from the start
 
     def on_message_begin(self) -> None:
         self._in_head = self.in_message = True
+        # made without the dataclass's __init__ (a call frame less per request); every
+        # field without a default is set by on_headers_complete
+        head = self._head = _new_object(RequestHead)
+        head.relayable = True
         self._target = b""
         self._headers = []
-        self._hosts = []
         self._framing = None
-        self._relayable = True
-        self._referer = self._user_agent = None
         self._raw_head_size = 0
 
     def _check_size(self) -> None:
@@ -316,16 +316,20 @@ class RequestParser(_Parser):
         if noted is None:
             return
         if noted == _HOST_FIELD:
-            self._hosts.append(value)
+            if self._head.host is not None:
+                # RFC 9112 §3.2: exactly one Host; two could route the request one way
+                # here and another way behind us.
+                self._refuse(ProtocolError("2 Host fields in the request"))
+            self._head.host = value
             return
         if noted == _LOGGED_FIELD:
             if lowered == b"referer":
-                self._referer = value
+                self._head.referer = value
             else:
-                self._user_agent = value
+                self._head.user_agent = value
             return
         if noted & _NOT_RELAYED_FIELD:
-            self._relayable = False
+            self._head.relayable = False
         if noted & _FRAMING_FIELD:
             if self._framing is None:
                 self._framing = {}
@@ -341,36 +345,26 @@ class RequestParser(_Parser):
             self._check_size()
         if len(headers) > self.max_header_fields:
             self._refuse(HeadersTooLarge(f"more than {self.max_header_fields} header fields"))
+        head = self._head
         framing = self._framing
-        length, chunked, expect = (
-            _NO_FRAMING if framing is None else self._framing_of(framing, version)
-        )
-        hosts = self._hosts
-        if len(hosts) != 1:
-            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; two could
-            # route the request one way here and another way behind us.
-            if hosts or version == "1.1":
-                self._refuse(ProtocolError(f"{len(hosts)} Host fields in the request"))
-        elif hosts[0] != self._valid_host:
-            if _HOST.fullmatch(hosts[0]) is None:
-                self._refuse(ProtocolError(f"invalid Host {hosts[0]!r}"))
-            self._valid_host = hosts[0]
+        if framing is not None:
+            head.content_length, head.chunked, head.expect_continue = self._framing_of(
+                framing, version
+            )
+        host = head.host
+        if host is None:
+            if version == "1.1":  # RFC 9112 §3.2: HTTP/1.1 requires Host
+                self._refuse(ProtocolError("0 Host fields in the request"))
+        elif host != self._valid_host:
+            if _HOST.fullmatch(host) is None:
+                self._refuse(ProtocolError(f"invalid Host {host!r}"))
+            self._valid_host = host
         parser = self._parser
-        # made field by field, without the dataclass's __init__: a call frame less per
-        # request (~1k instructions); every field is set, as __init__ would
-        head = _new_object(RequestHead)
         head.method = parser.get_method().decode("ascii")
         head.target = self._target
         head.version = version
         head.headers = headers
         head.keep_alive = parser.should_keep_alive()
-        head.chunked = chunked
-        head.content_length = length
-        head.expect_continue = expect
-        head.host = hosts[0] if hosts else None
-        head.relayable = self._relayable
-        head.referer = self._referer
-        head.user_agent = self._user_agent
         self._events.append(head)
 
     def _framing_of(

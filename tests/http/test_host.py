@@ -75,8 +75,8 @@ async def test_the_server_answers_400_to_two_hosts_and_never_calls_the_handler(f
 
 
 def test_the_parser_sets_every_field_of_a_request_head() -> None:
-    """The parser makes a head field by field (without __init__): a field added to
-    RequestHead and not set there would be missing, not defaulted."""
+    """The parser fills a head in field by field (without __init__): a field added to
+    RequestHead without a default, and not set there, would be missing."""
     head = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0]
     assert isinstance(head, RequestHead)
     for field in dataclasses.fields(RequestHead):
