@@ -1,11 +1,14 @@
 # The two commands a newcomer types: `make up` and `make test`.
 # Both work on a fresh Debian 12 / Ubuntu machine as root: they install what is missing.
 
-# The distribution's interpreter when there is one: Debian's and Ubuntu's python3 is built
-# for speed (profile-guided, libpython linked in). One found first on PATH may not be: a
-# pyenv --enable-shared build ran the same Python code at half the speed on the benchmark
-# machine (loadtests/bench/notes.md). `make PYTHON=python3.12 ...` chooses another.
-PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+# The distribution's interpreter when it is recent enough: Debian's and Ubuntu's python3
+# is built for speed (profile-guided, libpython linked in). One found first on PATH may
+# not be: a pyenv --enable-shared build ran the same Python code at half the speed on the
+# benchmark machine (loadtests/bench/notes.md). `make PYTHON=python3.12 ...` chooses another.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo /usr/bin/python3 || echo python3)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs needed from the system (see scripts/system-packages)
