@@ -9,6 +9,7 @@ ifeq ($(origin PYTHON),undefined)
 PYTHON := $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	2>/dev/null && echo /usr/bin/python3 || echo python3)
 endif
+export PYTHON  # scripts/system-packages checks venv support in this interpreter
 VENV := .venv
 BIN := $(VENV)/bin
 # command:package pairs needed from the system (see scripts/system-packages)
@@ -54,9 +55,9 @@ up: $(BIN)/.installed
 test: lint typecheck pytest
 
 $(BIN)/.installed: pyproject.toml
+	@scripts/system-packages python3-venv:python3-venv  # (brings python3 to a bare machine)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "foobar needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V)" >&2; exit 1; }
-	@scripts/system-packages python3-venv:python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
