@@ -70,14 +70,18 @@ class AccessLog:
         self._size += len(line)
         if self._size >= self.flush_bytes:
             self.flush()
-        elif self._timer is None or self._timer_loop is None or self._timer_loop.is_closed():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop to flush later: now, then
-                self.flush()
-                return
-            self._timer = loop.call_later(self.flush_after, self.flush)
-            self._timer_loop = loop
+        elif self._timer is None or self._timer_loop.is_closed():  # type: ignore[union-attr]
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        """The buffer's first line since it was written out: flush within `flush_after`."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to flush later: now, then
+            self.flush()
+            return
+        self._timer = loop.call_later(self.flush_after, self.flush)
+        self._timer_loop = loop
 
     def flush(self) -> None:
         if self._timer is not None:
@@ -119,10 +123,12 @@ def _quoted(value: bytes | None) -> str:
     return f'"{text}"'
 
 
-# Seconds with three decimals, as nginx logs times, by the millisecond: formatting a float
-# costs more than the rest of the line, so the values under a second (nearly all) are
-# made once and looked up inline (a call per time cost as much again).
+# Seconds with three decimals, as nginx logs times, by the millisecond, and status codes
+# (three digits: llhttp reads no others): formatting a number costs more than the rest of
+# its field, so the values under a second (nearly all) and the codes are made once and
+# looked up inline (a call per value cost as much again).
 _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
+_STATUS_CODES: Final = [str(code) for code in range(1000)]
 
 
 def access_line(
@@ -130,24 +136,24 @@ def access_line(
 ) -> str:
     """One request's line (see the module's docstring); `now`: time.time() if not given."""
     head = request.head
-    referer, user_agent, upstream = head.referer, head.user_agent, request.upstream
+    referer, user_agent = head.referer, head.user_agent
     milliseconds = int(duration * 1000 + 0.5)  # durations are never negative
-    request_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{duration:.3f}"
-    if upstream is None:
-        upstream_text = ""
-    else:
-        address, upstream_status, seconds = upstream
-        milliseconds = int(seconds * 1000 + 0.5)
-        upstream_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{seconds:.3f}"
-        upstream_text = f" ua={address} us={upstream_status} urt={upstream_time}"
     started = int((now or time.time()) - duration)
-    return (
+    line = (
         f"{request.client[0]} - - [{_CLOCK_CACHE.get(started) or _local_time(started)}] "
-        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" {status} {sent} '
+        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
+        f"{_STATUS_CODES[status]} {sent} "
         f"{_ABSENT if referer is None else _quoted(referer)} "
         f"{_ABSENT if user_agent is None else _quoted(user_agent)} "
-        f"rt={request_time}{upstream_text}"
+        f"rt={_MILLISECONDS[milliseconds] if milliseconds < 1000 else f'{duration:.3f}'}"
     )
+    upstream = request.upstream
+    if upstream is None:
+        return line
+    address, upstream_status, seconds = upstream
+    milliseconds = int(seconds * 1000 + 0.5)
+    upstream_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{seconds:.3f}"
+    return f"{line} ua={address} us={_STATUS_CODES[upstream_status]} urt={upstream_time}"
 
 
 def log_access(request: Request, status: int, sent: int, duration: float) -> None:
