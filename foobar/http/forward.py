@@ -109,8 +109,10 @@ class Route(Protocol[T]):
         """Passive checks and counters: an attempt on `target` failed with `kind`."""
         ...
 
-    def answered(self, exchange: ProxyExchange[T], target: T, status: int) -> bytes | None:
-        """An answer arrived: count it, and give the field lines ("Name: value\r\n"
+    def answered(
+        self, exchange: ProxyExchange[T], target: T, status: int, seconds: float
+    ) -> bytes | None:
+        """An answer arrived, `seconds` after the attempt began: count it, and give the field lines ("Name: value\r\n"
         each) added to it on its way to the client. None turns it down (nginx's
         `proxy_next_upstream http_502`), which a route may do only for a request that
         may be replayed (`exchange.replayable`) and while it has a try left: the engine
@@ -231,12 +233,13 @@ class ProxyExchange(Generic[T]):
     def _take_answer(self, target: T, status: int) -> bytes | None:
         """Account for an answer: the field lines the route adds to it, or None when the
         route turned it down and the next attempt is to be made."""
-        added = self.forwarder.route.answered(self, target, status)
+        seconds = time.monotonic() - self.started
+        added = self.forwarder.route.answered(self, target, status, seconds)
         if added is None:
             assert self.replayable, "a route turned down the answer to a request it can't replay"
             self._attempt_failed(target, STATUS, f"answered {status}", False)
             return None
-        self.request.upstream = (target.label, status, time.monotonic() - self.started)
+        self.request.upstream = (target.label, status, seconds)
         return added
 
     def _attempt_failed(self, target: T, kind: str, reason: str, response_started: bool) -> bool:

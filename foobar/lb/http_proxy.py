@@ -149,7 +149,9 @@ class HttpFrontend:
             reason,
         )
 
-    def answered(self, exchange: ProxyExchange[Server], server: Server, status: int) -> bytes:
+    def answered(
+        self, exchange: ProxyExchange[Server], server: Server, status: int, seconds: float
+    ) -> bytes:
         plan: Plan = exchange.plan  # type: ignore[assignment]
         backend, sticky = plan
         server.counters.requests += 1

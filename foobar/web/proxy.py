@@ -132,15 +132,18 @@ class UpstreamGroup:
     def plan(self, exchange: ProxyExchange[Upstream]) -> tuple[list[Upstream], int]:
         """The usable upstreams when the request came, and its turn among them: attempt N
         goes to `usable[(turn + N) % len(usable)]`, each upstream once at most."""
-        plan = exchange.plan
-        if plan is None:
-            usable = self.usable()
-            plan = exchange.plan = (usable, next(self._turn) % len(usable) if usable else 0)
-        return plan  # type: ignore[return-value]
+        if exchange.plan is None:
+            self.pick_now(exchange)  # makes it (upstreams have no slots: nothing is taken)
+        return exchange.plan  # type: ignore[return-value]
 
     def pick_now(self, exchange: ProxyExchange[Upstream]) -> Upstream | None:
-        usable, turn = self.plan(exchange)
-        return usable[turn] if usable else None
+        usable = self.usable()  # the plan (a new exchange has none yet)
+        if not usable:
+            exchange.plan = (usable, 0)
+            return None
+        turn = next(self._turn) % len(usable)
+        exchange.plan = (usable, turn)
+        return usable[turn]
 
     async def pick(self, exchange: ProxyExchange[Upstream]) -> Upstream:
         usable, turn = self.plan(exchange)
@@ -157,7 +160,7 @@ class UpstreamGroup:
         self._failed(upstream, "502" if kind == STATUS else kind, reason)
 
     def answered(
-        self, exchange: ProxyExchange[Upstream], upstream: Upstream, status: int
+        self, exchange: ProxyExchange[Upstream], upstream: Upstream, status: int, seconds: float
     ) -> bytes | None:
         if (
             status == 502
@@ -165,7 +168,7 @@ class UpstreamGroup:
             and exchange.attempt + 1 < len(self.plan(exchange)[0])
         ):
             return None  # `proxy_next_upstream http_502`: the next upstream's turn
-        upstream.latency.observe(time.monotonic() - exchange.started)
+        upstream.latency.observe(seconds)
         upstream.fails = 0
         return self._added_lines
 
