@@ -113,10 +113,10 @@ class Route(Protocol[T]):
         self, exchange: ProxyExchange[T], target: T, status: int, seconds: float
     ) -> bytes | None:
         """An answer arrived, `seconds` after the attempt began: count it, and give the
-        field lines ("Name: value\r\n" each) added to it on its way to the client. None turns it down (nginx's
-        `proxy_next_upstream http_502`), which a route may do only for a request that
-        may be replayed (`exchange.replayable`) and while it has a try left: the engine
-        then fails the attempt with STATUS and makes the next."""
+        field lines ("Name: value\r\n" each) added to it on its way to the client.
+        None turns it down (nginx's `proxy_next_upstream http_502`), which a route may do
+        only for a request that may be replayed (`exchange.replayable`) and while it has
+        a try left: the engine then fails the attempt with STATUS and makes the next."""
         ...
 
     def release(self, exchange: ProxyExchange[T], target: T) -> None:
