@@ -19,7 +19,7 @@ import aiomysql
 import pytest
 
 from foobar.up import free_base_port
-from loadtests.bench import floor, instructions, peers
+from loadtests.bench import floor, instructions, peers, rules
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
 from loadtests.bench.run import destination
 from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
@@ -252,6 +252,47 @@ async def test_the_floor_relays_round_robin_with_x_forwarded_for_appended() -> N
     )
     assert b"X-Forwarded-For: 127.0.0.1\r\n" in seen[3][1]
     assert all(b"Connection" not in head for _, head in seen)
+
+
+async def test_the_floor_with_the_balancers_rules_relays_as_foobar_lb_does() -> None:
+    """rules.py, the measuring stick: the head as received with the forwarding fields
+    added, the answer's Connection field out and X-Foobar-LB in, its Host checked."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            seen.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+            )
+
+    backend = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    proxy = await floor.serve("127.0.0.1:0", [f"127.0.0.1:{port}"], rules.Client)
+    address = proxy.sockets[0].getsockname()
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        for _ in range(2):  # one keep-alive connection, one pooled upstream connection
+            writer.write(b"GET /x HTTP/1.1\r\nHost: bench\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Foobar-LB: bench\r\n\r\n")
+            assert await reader.readexactly(2) == b"ok"
+        refused = await asyncio.open_connection(*address)
+        refused[1].write(b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n")
+        assert await asyncio.wait_for(refused[0].read(), 5) == b""  # an invalid Host
+        refused[1].close()
+    finally:
+        writer.close()
+        proxy.close()
+        backend.close()
+    assert (
+        seen
+        == [
+            b"GET /x HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: 127.0.0.1\r\n"
+            b"X-Forwarded-Proto: http\r\n\r\n"
+        ]
+        * 2
+    )
 
 
 async def test_locust_visitors_against_the_site(tmp_path: Path) -> None:

@@ -120,17 +120,18 @@ class Client(asyncio.Protocol):
             self.forward()
 
 
-async def serve(bind: str, backends: list[str]) -> asyncio.Server:
+async def serve(bind: str, backends: list[str], client: type[Client] = Client) -> asyncio.Server:
+    """Listen on `bind`; `client`: the protocol for client connections (rules.py's)."""
     pools = [
         (host, int(port), list[Upstream]()) for host, port in (b.rsplit(":", 1) for b in backends)
     ]
     cycle = itertools.cycle(pools)
     host, port = bind.rsplit(":", 1)
-    return await asyncio.get_running_loop().create_server(lambda: Client(cycle), host, int(port))
+    return await asyncio.get_running_loop().create_server(lambda: client(cycle), host, int(port))
 
 
-async def main(bind: str, backends: list[str]) -> None:
-    await (await serve(bind, backends)).serve_forever()
+async def main(bind: str, backends: list[str], client: type[Client] = Client) -> None:
+    await (await serve(bind, backends, client)).serve_forever()
 
 
 if __name__ == "__main__":

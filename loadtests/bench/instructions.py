@@ -7,6 +7,7 @@ not the kernel's share (the same read and write calls for foobar and the floor).
     python -m loadtests.bench.instructions lb web floor      # N=2000 requests each
     python -m loadtests.bench.instructions lb-tcp haproxy-tcp # the balancer's tcp mode
     python -m loadtests.bench.instructions file              # foobar.web serving 1 KiB
+    python -m loadtests.bench.instructions rules             # the floor with lb's rules
 
 HAProxy is counted the same way in tcp mode, where foobar's target is set against it; the
 count is of the process's user space, so the kernel's share (the same four socket calls a
@@ -50,9 +51,9 @@ def command(server: str, port: int, backends: list[int], root: Path) -> list[str
     if server in ("web", "file"):
         arguments = ["--bind", f"127.0.0.1:{port}", "--root", str(root)]
         return [*python, "foobar.web", *arguments, "--upstream", upstreams[0]]
-    if server == "floor":
-        return [*python, "loadtests.bench.floor", f"127.0.0.1:{port}", *upstreams]
-    raise SystemExit(f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web, file or floor")
+    if server in ("floor", "rules"):
+        return [*python, f"loadtests.bench.{server}", f"127.0.0.1:{port}", *upstreams]
+    raise SystemExit(f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web, file, floor or rules")
 
 
 async def client(port: int, path: bytes, count: int) -> None:
