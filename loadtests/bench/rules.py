@@ -10,10 +10,12 @@ sends none), the head otherwise relayed as received with X-Forwarded-For and
 X-Forwarded-Proto added, a server's slot taken and given back with its counters, the
 answer's Connection field taken out by foobar's own `relayed_head` and X-Foobar-LB added,
 the keep-alive decision, responses counted by status, the upstream's time and the
-timestamps the timeouts read. What it leaves out (a task for what must wait, timeouts
-themselves, retries, pipelining, bodies, a head or answer over several reads): nothing
-the benchmark's requests need. foobar.lb's instructions per request less this one's is
-what its structure costs; this one's less the floor's is what its rules cost."""
+timestamps the timeouts read. What it leaves out is nothing the benchmark's requests
+need, but some of it foobar must still check for on every answer: a task for what must
+wait, timeouts themselves, retries, pipelining, bodies, a head or an answer over several
+reads, and the answers that are not plain (interim 1xx, chunked, to HEAD, bytes after the
+end). foobar.lb's instructions per request less this one's is what its structure and
+those checks cost; this one's less the floor's is what its rules cost."""
 
 from __future__ import annotations
 
