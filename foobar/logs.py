@@ -124,9 +124,9 @@ def _quoted(value: bytes | None) -> str:
 
 
 # Seconds with three decimals, as nginx logs times, by the millisecond, and status codes
-# (three digits: llhttp reads no others): formatting a number costs more than the rest of
-# its field, so the values under a second (nearly all) and the codes are made once and
-# looked up inline (a call per value cost as much again).
+# (an upstream's has three digits: llhttp reads no others): formatting a number costs more
+# than the rest of its field, so the values under a second (nearly all) and the codes are
+# made once and looked up inline (a call per value cost as much again).
 _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
 _STATUS_CODES: Final = [str(code) for code in range(1000)]
 
@@ -142,7 +142,7 @@ def access_line(
     line = (
         f"{request.client[0]} - - [{_CLOCK_CACHE.get(started) or _local_time(started)}] "
         f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
-        f"{_STATUS_CODES[status]} {sent} "
+        f"{_STATUS_CODES[status] if 0 <= status < 1000 else status} {sent} "
         f"{_ABSENT if referer is None else _quoted(referer)} "
         f"{_ABSENT if user_agent is None else _quoted(user_agent)} "
         f"rt={_MILLISECONDS[milliseconds] if milliseconds < 1000 else f'{duration:.3f}'}"

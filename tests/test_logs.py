@@ -52,6 +52,8 @@ def test_access_line_is_combined_format_plus_times() -> None:
     request.upstream = None
     slow = logs.access_line(request, 200, 512, 12.3456)
     assert slow.endswith(" rt=12.346")
+    odd = logs.access_line(request, 1234, 0, 0.0)  # a handler's own code, logged as it is
+    assert '" 1234 0 "' in odd
 
 
 @pytest.mark.parametrize(
