@@ -64,6 +64,41 @@ class AccessLog:
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        # the wall clock's current second as lines show it, and the loop's time until
+        # which it holds: nginx's cached time, one clock read a second instead of a line
+        self._second = ""
+        self._second_ends = -1.0
+
+    def record(self, request: Request, status: int, sent: int, duration: float, now: float) -> None:
+        """The servers' `on_response` hook: one request's line (see the module's
+        docstring), `now` being the loop's time (loop.time()) as its answer ended. The
+        line's time is then, as nginx's `$time_local` is the time it logs."""
+        head = request.head
+        referer, user_agent = head.referer, head.user_agent
+        milliseconds = int(duration * 1000 + 0.5)  # durations are never negative
+        line = (
+            f"{request.client[0]} - - "
+            f"[{self._second if now < self._second_ends else self._tick(now)}] "
+            f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
+            f"{_STATUS_CODES[status] if 0 <= status < 1000 else status} {sent} "
+            f"{_ABSENT if referer is None else _QUOTED.get(referer) or _quoted(referer)} "
+            f"{_ABSENT if user_agent is None else _QUOTED.get(user_agent) or _quoted(user_agent)} "
+            f"rt={_MILLISECONDS[milliseconds] if milliseconds < 1000 else f'{duration:.3f}'}"
+        )
+        upstream = request.upstream
+        if upstream is not None:
+            address, upstream_status, seconds = upstream
+            milliseconds = int(seconds * 1000 + 0.5)
+            upstream_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{seconds:.3f}"
+            line = f"{line} ua={address} us={_STATUS_CODES[upstream_status]} urt={upstream_time}"
+        self.write(line)
+
+    def _tick(self, now: float) -> str:
+        """The loop's time `now` passed the second the lines show: read the wall clock."""
+        wall = time.time()
+        self._second = local_time(wall)
+        self._second_ends = now + 1 - wall % 1
+        return self._second
 
     def write(self, line: str) -> None:
         self._lines.append(line)
@@ -99,28 +134,26 @@ class AccessLog:
                 pass  # does, serving goes on; the lines have nowhere to go
 
 
-access_log = AccessLog()
-atexit.register(access_log.flush)
-
-
-# The current second as the log writes it (looked up inline, made by _local_time)
-_CLOCK_CACHE: dict[int, str] = {}
-
-
-def _local_time(second: int) -> str:
-    _CLOCK_CACHE.clear()
-    text = _CLOCK_CACHE[second] = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
-    return text
+def local_time(wall: float) -> str:
+    """A wall-clock time as the log writes it, to the second (the combined format's)."""
+    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(wall))
 
 
 _ABSENT: Final = '"-"'  # a field the request did not carry
+# Referer and User-Agent values as the log quotes them. They repeat (a site's pages, a
+# handful of browsers), and quoting one costs more than the rest of its line's fields: a
+# value is quoted once and looked up inline, in a table emptied when it fills.
+_QUOTED: Final[dict[bytes, str]] = {}
+_QUOTED_MAX: Final = 1024
 
 
-def _quoted(value: bytes | None) -> str:
-    if not value:
-        return _ABSENT
+def _quoted(value: bytes) -> str:
+    """`value` quoted for the log, remembered in _QUOTED."""
+    if len(_QUOTED) >= _QUOTED_MAX:
+        _QUOTED.clear()
     text = value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    quoted = _QUOTED[value] = f'"{text}"'
+    return quoted
 
 
 # Seconds with three decimals, as nginx logs times, by the millisecond, and status codes
@@ -131,30 +164,6 @@ _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
 _STATUS_CODES: Final = [str(code) for code in range(1000)]
 
 
-def access_line(
-    request: Request, status: int, sent: int, duration: float, now: float | None = None
-) -> str:
-    """One request's line (see the module's docstring); `now`: time.time() if not given."""
-    head = request.head
-    referer, user_agent = head.referer, head.user_agent
-    milliseconds = int(duration * 1000 + 0.5)  # durations are never negative
-    started = int((now or time.time()) - duration)
-    line = (
-        f"{request.client[0]} - - [{_CLOCK_CACHE.get(started) or _local_time(started)}] "
-        f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
-        f"{_STATUS_CODES[status] if 0 <= status < 1000 else status} {sent} "
-        f"{_ABSENT if referer is None else _quoted(referer)} "
-        f"{_ABSENT if user_agent is None else _quoted(user_agent)} "
-        f"rt={_MILLISECONDS[milliseconds] if milliseconds < 1000 else f'{duration:.3f}'}"
-    )
-    upstream = request.upstream
-    if upstream is None:
-        return line
-    address, upstream_status, seconds = upstream
-    milliseconds = int(seconds * 1000 + 0.5)
-    upstream_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{seconds:.3f}"
-    return f"{line} ua={address} us={_STATUS_CODES[upstream_status]} urt={upstream_time}"
-
-
-def log_access(request: Request, status: int, sent: int, duration: float) -> None:
-    access_log.write(access_line(request, status, sent, duration))
+access_log = AccessLog()
+atexit.register(access_log.flush)
+log_access = access_log.record

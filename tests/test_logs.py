@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import re
+import time
 
 import pytest
 
@@ -36,6 +37,15 @@ def test_event_line_folds_traceback_into_one_line() -> None:
     assert re.match(r"ts=\S+Z level=error logger=foobar.web event=x a=1 traceback='Traceback", line)
 
 
+def logged(request: Request, status: int, sent: int, seconds: float, now: float = 0.0) -> str:
+    """The line an access log writes for one request."""
+    stream = io.StringIO()
+    log = logs.AccessLog(stream)
+    log.record(request, status, sent, seconds, now)
+    log.flush()
+    return stream.getvalue().removesuffix("\n")
+
+
 def test_access_line_is_combined_format_plus_times() -> None:
     head = RequestParser().feed(
         b"GET /api/posts?limit=2 HTTP/1.1\r\nHost: a\r\nReferer: http://x/\r\n"
@@ -44,16 +54,48 @@ def test_access_line_is_combined_format_plus_times() -> None:
     assert isinstance(head, RequestHead)
     request = Request(head, FakeConnection())  # type: ignore[arg-type]
     request.upstream = ("10.0.0.3:8000", 201, 0.0026)
-    line = logs.access_line(request, 200, 512, 0.0042, now=1_764_172_253.0042)
-    assert line == (
-        '192.0.2.7 - - [26/Nov/2025:15:50:53 +0000] "GET /api/posts?limit=2 HTTP/1.1" 200 512 '
+    before = logs.local_time(time.time())
+    line = logged(request, 200, 512, 0.0042)
+    after = logs.local_time(time.time())
+    assert line.removeprefix(f"192.0.2.7 - - [{before}] ") in (
+        line.removeprefix(f"192.0.2.7 - - [{after}] "),
+        line,  # the second changed in between: the line has the later one
+    )
+    assert line.endswith(
+        ' "GET /api/posts?limit=2 HTTP/1.1" 200 512 '
         '"http://x/" "curl/8 \\"quoted\\"" rt=0.004 ua=10.0.0.3:8000 us=201 urt=0.003'
     )
+    assert logs.local_time(1_764_172_253.9) == "26/Nov/2025:15:50:53 +0000"
     request.upstream = None
-    slow = logs.access_line(request, 200, 512, 12.3456)
+    slow = logged(request, 200, 512, 12.3456)
     assert slow.endswith(" rt=12.346")
-    odd = logs.access_line(request, 1234, 0, 0.0)  # a handler's own code, logged as it is
+    odd = logged(request, 1234, 0, 0.0)  # a handler's own code, logged as it is
     assert '" 1234 0 "' in odd
+
+
+def test_the_time_is_read_once_a_second_of_the_loops_clock() -> None:
+    head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
+    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    stream = io.StringIO()
+    log = logs.AccessLog(stream)
+    log.record(request, 200, 0, 0.0, 100.0)
+    log._second = "cached"  # what the clock read said, until the loop's clock passes 101
+    log.record(request, 200, 0, 0.0, log._second_ends - 0.001)
+    log.record(request, 200, 0, 0.0, log._second_ends)
+    log.flush()
+    times = [line.split("[")[1].split("]")[0] for line in stream.getvalue().splitlines()]
+    assert times[1] == "cached" and times[0] != "cached" and times[2] != "cached"
+
+
+def test_quoted_fields_are_escaped_and_remembered() -> None:
+    head = RequestParser().feed(b'GET / HTTP/1.1\r\nHost: a\r\nReferer: a\\b"c\r\n\r\n')[0]
+    assert isinstance(head, RequestHead)
+    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    assert '"a\\\\b\\"c" "-" rt=' in logged(request, 200, 0, 0.0)
+    assert logs._QUOTED[b'a\\b"c'] == '"a\\\\b\\"c"'
+    for number in range(logs._QUOTED_MAX + 1):  # a full table starts again
+        logs._quoted(b"%d" % number)
+    assert len(logs._QUOTED) <= logs._QUOTED_MAX
 
 
 @pytest.mark.parametrize(
@@ -63,7 +105,7 @@ def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
     head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
     request = Request(head, FakeConnection())  # type: ignore[arg-type]
     request.upstream = ("10.0.0.3:8000", 200, seconds)
-    line = logs.access_line(request, 200, 0, seconds)
+    line = logged(request, 200, 0, seconds)
     assert line.endswith(f" rt={seconds:.3f} ua=10.0.0.3:8000 us=200 urt={seconds:.3f}")
 
 

@@ -85,8 +85,9 @@ FastHandler = Callable[["Request"], bool]
 
 
 # Told of every answered request, as the access log sees it: the request, the status, the
-# body bytes sent, and the seconds from its head's arrival to the last byte written.
-OnResponse = Callable[["Request", int, int, float], None]
+# body bytes sent, the seconds from its head's arrival to the last byte written, and the
+# loop's time (loop.time()) then.
+OnResponse = Callable[["Request", int, int, float, float], None]
 # Builds the response for an error status (the parser's, a limit's, a handler's HTTPError):
 # the app answers JSON, the web tier and balancer plain text, as nginx's error_page.
 ErrorPage = Callable[[int, str], Response]
@@ -115,7 +116,7 @@ class ResponseCounts:
 class Request:
     """A request whose head has arrived; its body streams in through `body`."""
 
-    __slots__ = ("_connection", "_fields", "body", "head", "raw", "upstream")
+    __slots__ = ("_connection", "_fields", "body", "client", "head", "raw", "upstream")
 
     def __init__(
         self,
@@ -133,10 +134,8 @@ class Request:
         self.upstream: UpstreamLog | None = None
         self._fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
         self._connection = connection
-
-    @property
-    def client(self) -> tuple[str, int]:
-        return self._connection.peer
+        # the peer's address, or the client's a PROXY preamble named (read before any head)
+        self.client: tuple[str, int] = connection.peer
 
     @property
     def scheme(self) -> str:
@@ -626,7 +625,7 @@ class Connection(FlowControlled):
         counts.sent += sent
         on_response = self.server.on_response  # a reload may turn the access log on or off
         if on_response is not None:
-            on_response(request, status, sent, now - since)
+            on_response(request, status, sent, now - since, now)
 
     # the fast path
 

@@ -8,6 +8,7 @@ not the kernel's share (the same read and write calls for foobar and the floor).
     python -m loadtests.bench.instructions lb-tcp haproxy-tcp # the balancer's tcp mode
     python -m loadtests.bench.instructions file              # foobar.web serving 1 KiB
     python -m loadtests.bench.instructions rules             # the floor with lb's rules
+    ACCESS_LOG=true python -m loadtests.bench.instructions lb # with foobar's access log on
 
 HAProxy is counted the same way in tcp mode, where foobar's target is set against it; the
 count is of the process's user space, so the kernel's share (the same four socket calls a
@@ -33,6 +34,7 @@ from loadtests.bench import peers
 from loadtests.bench.run import ROOT, free_port, wait_port
 
 REQUESTS = int(os.environ.get("N", "2000"))
+ACCESS_LOG = os.environ.get("ACCESS_LOG", "false")  # foobar's, off unless asked for
 CONNECTIONS = 10
 PATHS = {"web": b"/api/x", "file": b"/1k.bin"}
 
@@ -78,7 +80,7 @@ def measure(server: str, folder: Path) -> float:
     (folder / "1k.bin").write_bytes(os.urandom(1024))
     out = folder / f"callgrind-{server}.out"
     nginx = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    quiet = {**os.environ, "FOOBAR_LB_ACCESS_LOG": "false", "FOOBAR_WEB_ACCESS_LOG": "false"}
+    quiet = {**os.environ, "FOOBAR_LB_ACCESS_LOG": ACCESS_LOG, "FOOBAR_WEB_ACCESS_LOG": ACCESS_LOG}
     callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     proxy = subprocess.Popen(
         [*callgrind, *command(server, port, backends, folder)],
