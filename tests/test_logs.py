@@ -20,6 +20,7 @@ class FakeConnection:
 
     peer = ("192.0.2.7", 51000)
     scheme = "http"
+    forwarding_fields = b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
 
 
 def test_event_line_folds_traceback_into_one_line() -> None:

@@ -116,7 +116,16 @@ class ResponseCounts:
 class Request:
     """A request whose head has arrived; its body streams in through `body`."""
 
-    __slots__ = ("_connection", "_fields", "body", "client", "head", "raw", "upstream")
+    __slots__ = (
+        "_connection",
+        "_fields",
+        "body",
+        "client",
+        "forwarding_fields",
+        "head",
+        "raw",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -136,17 +145,13 @@ class Request:
         self._connection = connection
         # the peer's address, or the client's a PROXY preamble named (read before any head)
         self.client: tuple[str, int] = connection.peer
+        # X-Forwarded-For and X-Forwarded-Proto as a proxy adds them to a request that has
+        # neither, as field lines: the same for every request on a connection
+        self.forwarding_fields: bytes = connection.forwarding_fields
 
     @property
     def scheme(self) -> str:
         return self._connection.scheme
-
-    @property
-    def forwarding_fields(self) -> bytes:
-        """X-Forwarded-For and X-Forwarded-Proto as a proxy adds them to a request that
-        has neither, as field lines: the same for every request on a connection."""
-        fields = self._connection.forwarding_fields
-        return fields if fields is not None else self._connection.make_forwarding_fields()
 
     @property
     def client_ip(self) -> str:
@@ -353,7 +358,7 @@ class Connection(FlowControlled):
         self.parser = RequestParser(config.max_header_bytes, config.max_header_fields)
         self.writer = ResponseWriter(self)
         self.peer: tuple[str, int] = ("", 0)
-        self.forwarding_fields: bytes | None = None
+        self.forwarding_fields = b""  # see Request.forwarding_fields; made with the peer
         self._error: HTTPError | None = None
         self._peer_eof = False
         self.phase = IDLE
@@ -378,7 +383,7 @@ class Connection(FlowControlled):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("unix", 0)
+        self._set_peer((peer[0], peer[1]) if isinstance(peer, tuple) else ("unix", 0))
         self._head_started = self.loop.time()  # a new connection owes its head at once
         self.state.add(self)
         # No task yet: one starts when a request (or a timeout, or a close) needs it. A
@@ -452,14 +457,14 @@ class Connection(FlowControlled):
         self._enter(IDLE)
         return False
 
-    def make_forwarding_fields(self) -> bytes:
-        """See Request.forwarding_fields: made once per connection (once the peer is
-        known for sure: a PROXY preamble may change it)."""
-        fields = self.forwarding_fields = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
-            self.peer[0].encode(),
+    def _set_peer(self, peer: tuple[str, int]) -> None:
+        """The client's address, from the socket or a PROXY preamble, and the forwarding
+        fields that name it."""
+        self.peer = peer
+        self.forwarding_fields = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+            peer[0].encode(),
             self.scheme.encode(),
         )
-        return fields
 
     def wake(self) -> None:
         if self.phase is not DIRECT:  # the task sleeps while a request is answered in callbacks
@@ -488,7 +493,7 @@ class Connection(FlowControlled):
             return b""
         self._proxy_preamble = None
         if preamble.source is not None:
-            self.peer = preamble.source
+            self._set_peer(preamble.source)
         return rest
 
     def eof_received(self) -> bool | None:
