@@ -148,11 +148,12 @@ _QUOTED_MAX: Final = 1024
 
 
 def _quoted(value: bytes) -> str:
-    """`value` quoted for the log, remembered in _QUOTED."""
+    """`value` quoted for the log (an empty one as absent, as nginx logs it), remembered
+    in _QUOTED."""
     if len(_QUOTED) >= _QUOTED_MAX:
         _QUOTED.clear()
     text = value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
-    quoted = _QUOTED[value] = f'"{text}"'
+    quoted = _QUOTED[value] = f'"{text}"' if value else _ABSENT
     return quoted
 
 

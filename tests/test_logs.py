@@ -94,6 +94,9 @@ def test_quoted_fields_are_escaped_and_remembered() -> None:
     request = Request(head, FakeConnection())  # type: ignore[arg-type]
     assert '"a\\\\b\\"c" "-" rt=' in logged(request, 200, 0, 0.0)
     assert logs._QUOTED[b'a\\b"c'] == '"a\\\\b\\"c"'
+    empty = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent:\r\n\r\n")[0]
+    assert isinstance(empty, RequestHead)
+    assert '" 200 0 "-" "-" rt=' in logged(Request(empty, FakeConnection()), 200, 0, 0.0)  # type: ignore[arg-type]
     for number in range(logs._QUOTED_MAX + 1):  # a full table starts again
         logs._quoted(b"%d" % number)
     assert len(logs._QUOTED) <= logs._QUOTED_MAX
