@@ -10,7 +10,7 @@ A request without a body can also be sent and answered with no task at all, for 
 answering in the protocols' callbacks (the fast path, see server.py and forward.py):
 
     pool.send_now(waiter, head)
-    # waiter.answer_arrived(head, body): the whole answer arrived, the connection is back
+    # waiter.answer_arrived(status, head, body): the whole answer arrived, the connection is back
     #     in the pool
     # waiter.must_wait(connection or None): it must be read on in a task, with
     #     await pool.request(..., sent=connection)   (None: nothing was sent, no idle one)
@@ -63,7 +63,7 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 class AnswerWaiter(Protocol):
     """Who waits for the answer to a request `send_now()` sent (forward.ProxyExchange)."""
 
-    def answer_arrived(self, head: ResponseHead, body: bytes) -> None: ...
+    def answer_arrived(self, status: int, head: bytes, body: bytes) -> None: ...
 
     def must_wait(self, connection: UpstreamConnection | None) -> None: ...
 
@@ -116,6 +116,15 @@ class UpstreamConnection(FlowControlled):
             self.close()
             return
         self.response_started = True
+        waiter = self.waiter
+        if waiter is not None and not self.events:
+            whole = self.parser.whole(data)  # the common answer, read on a short path
+            if whole is not None:
+                self.waiter = None
+                status, answer_head, answer_body, keep_alive = whole
+                self.pool.release(self, keep_alive)
+                waiter.answer_arrived(status, answer_head, answer_body)
+                return
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
@@ -127,7 +136,6 @@ class UpstreamConnection(FlowControlled):
         if (len(events) > 3 or in_message) and _after_final_answer(events, in_message):
             self._fail(UpstreamProtocolError("upstream sent bytes after its response"))
             return
-        waiter = self.waiter
         if waiter is None:
             if events:
                 self.queue(events)
@@ -153,7 +161,7 @@ class UpstreamConnection(FlowControlled):
         self.pool.release(self, head.keep_alive and not self.parser.surplus)
         # between the head and its END: the body, most often one piece
         body = events[1] if len(events) == 3 else b"".join(cast(list[bytes], events[1:-1]))
-        waiter.answer_arrived(head, body)  # type: ignore[arg-type]
+        waiter.answer_arrived(head.status, head.raw, body)  # type: ignore[arg-type]
 
     def _hand_to_task(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -424,21 +432,34 @@ class UpstreamPool:
 
         Exactly one of these follows, once:
         - `waiter.must_wait(None)` now: no idle connection; nothing was sent.
-        - `waiter.answer_arrived(head, body)`: the whole final answer (at most
+        - `waiter.answer_arrived(status, head, body)`: the whole final answer (at most
           DIRECT_RESPONSE_BYTES) arrived; the connection is already back in the pool
           (or closed, if it cannot be reused).
         - `waiter.must_wait(connection)`: the answer must be read in a task with
           `request(..., sent=connection)`: it is long, interim (1xx), broken, late, or
           the connection closed; the events read so far stay queued on it, and the
           task's read raises the failure, if any, with `response_started` set."""
-        connection = self._take_idle()
-        if connection is None:
+        idle = self._idle
+        while idle:  # _take_idle() and started_request(), inline: this runs per request
+            connection = idle.pop()
+            connection.idle_since = None
+            if connection.reusable:
+                break
+            connection.close()
+        else:
             waiter.must_wait(None)
             return
+        if method == "HEAD":
+            connection.parser.expect_head_response()
+        connection.waiter = waiter
+        connection.response_started = False
+        connection._last_read = now = connection.loop.time()
+        if connection._timer is None:
+            connection._timer = connection.loop.call_at(
+                now + self.config.read_timeout, connection._on_timer
+            )
         transport = connection.transport
         assert transport is not None
-        connection.waiter = waiter
-        connection.started_request(method)
         transport.write(head)
 
     async def _response(self, connection: UpstreamConnection) -> UpstreamResponse:

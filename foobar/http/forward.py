@@ -158,24 +158,24 @@ class ProxyExchange(Generic[T]):
 
     # the fast path, called back by the upstream connection (see UpstreamPool.send_now)
 
-    def answer_arrived(self, head: ResponseHead, body: bytes) -> None:
-        """The whole final answer arrived, the connection is back in its pool."""
+    def answer_arrived(self, status: int, head: bytes, body: bytes) -> None:
+        """The whole final answer arrived (`head` as received), the connection is back in
+        its pool."""
         target = self.target
         assert target is not None
-        added = self._take_answer(target, head.status)
+        added = self._take_answer(target, status)
         if added is None:
             self.request.continue_in_task(self.forward)
             return
-        route = self.forwarder.route
         self.target = None
-        route.release(self, target)
-        request = self.request
-        passed_on = relayed_head(head.raw, added)
+        self.forwarder.route.release(self, target)
+        passed_on = relayed_head(head, added)
         if passed_on is not None:
-            request.respond_raw(head.status, passed_on, body)
+            self.request.respond_raw(status, passed_on, body)
             return
-        body, framing = whole_body(head, body)
-        request.respond(_relayed(head, body, framing, added))
+        parsed = ResponseHead(status, head)
+        body, framing = whole_body(parsed, body)
+        self.request.respond(_relayed(parsed, body, framing, added))
 
     def must_wait(self, connection: UpstreamConnection | None) -> None:
         """The answer must be read in the task (long, interim, failed), on `connection`;

@@ -11,7 +11,9 @@ Every llhttp callback is a Python call, and a call costs more than most of what 
 so each message gets as few as its use needs. A request's fields come one callback each
 (every tier reads them). A response is the proxies' to relay: its head is kept as the
 bytes received (`ResponseHead.raw`), read for what the core needs with a few searches,
-and split into fields only if somebody asks for them.
+and split into fields only if somebody asks for them; an answer that arrives whole in
+one read, framed by its Content-Length (a keep-alive upstream's common answer), is read
+by `ResponseParser.whole` with two callbacks and no head object.
 
     parser = RequestParser()
     for event in parser.feed(data):
@@ -124,6 +126,11 @@ _STATUS_LINE_VERSIONS: Final = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# Method names as str, made once (llhttp has checked the method is one it knows)
+_METHOD_NAMES: Final = {
+    name.encode(): name
+    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+}
 # What on_header notes of a request's fields, by lower-case name: Host, the framing
 # fields, the fields that keep a head from being relayed as received, and the access
 # log's two.
@@ -360,7 +367,8 @@ class RequestParser(_Parser):
                 self._refuse(ProtocolError(f"invalid Host {host!r}"))
             self._valid_host = host
         parser = self._parser
-        head.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        head.method = _METHOD_NAMES.get(method) or method.decode("ascii")
         head.target = self._target
         head.version = version
         head.headers = headers
@@ -386,6 +394,40 @@ class RequestParser(_Parser):
             error = ProtocolError("CONNECT is not supported", status=405)
             error.events = events[:-2]  # its own head and end are not answered
             raise error
+
+
+class _WholeAnswer:
+    """The llhttp run behind `ResponseParser.whole`: messages begun, and the last one's
+    keep-alive, which llhttp forgets once the message is complete."""
+
+    __slots__ = ("_parser", "begun", "keep_alive")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self.begun = 0
+        self.keep_alive: bool | None = None  # None until a message completes
+
+    def read(self, data: bytes, end: int) -> tuple[int, bytes, bytes, bool] | None:
+        """(status, head, body, keep-alive) when llhttp reads `data` as exactly one
+        complete final answer (its head `end` bytes long)."""
+        self.begun, self.keep_alive = 0, None
+        try:
+            self._parser.feed_data(data)
+        except _STOPS:
+            self._parser = httptools.HttpResponseParser(self)  # it stopped: start anew
+            return None
+        keep_alive = self.keep_alive
+        status = self._parser.get_status_code()
+        if keep_alive is None or self.begun != 1 or status < 200 or status == 101:
+            self._parser = httptools.HttpResponseParser(self)  # mid-message, or spent
+            return None
+        return status, data[:end], data[end:], keep_alive
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self._parser.should_keep_alive()
 
 
 def _until_close(head: ResponseHead) -> bool:
@@ -419,6 +461,36 @@ class ResponseParser(_Parser):
         self.surplus = False  # bytes came after a response to HEAD
         self._dropped: list[Event] = []
         super().__init__(max_header_bytes, max_header_fields)
+        self._whole = _WholeAnswer()
+
+    def whole(self, data: bytes) -> tuple[int, bytes, bytes, bool] | None:
+        """`data` read as one whole final answer framed by its Content-Length, with
+        nothing before or after it: (status, head, body, keep-alive), the head as received
+        with its empty line. None when it is not one (part of one, chunked, interim, to
+        HEAD, after an unfinished message, malformed...): `feed(data)` then reads it, with
+        no state changed. The common answer of a keep-alive upstream, read with llhttp and
+        two callbacks instead of `feed`'s four and a head object: the same checks, made
+        on the bytes (llhttp refused two Content-Lengths, one with Transfer-Encoding)."""
+        if self.in_message or self._head_response or data[:8] not in _STATUS_LINE_VERSIONS:
+            return None
+        end = data.find(b"\r\n\r\n") + 4
+        if end < 4 or end > self.max_header_bytes:
+            return None
+        if end > 4 * self.max_header_fields and (
+            data.count(b"\r\n", 0, end) - 2 > self.max_header_fields
+        ):
+            return None
+        # framed by Content-Length as servers spell it (other spellings take the long way:
+        # a regex that ignores case costs 4k instructions)
+        field = data.find(b"\r\nContent-Length:", 0, end) + 17
+        if field == 16:
+            return None
+        whole = self._whole.read(data, end)
+        # llhttp read the length's digits, one message, and nothing but empty lines after
+        # it; the length says those are not there either
+        if whole is None or end + int(data[field : data.find(b"\r", field)]) != len(data):
+            return None
+        return whole
 
     def _new_parser(self) -> httptools.HttpResponseParser:
         return httptools.HttpResponseParser(self)

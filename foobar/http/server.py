@@ -205,7 +205,29 @@ class Request:
         not the empty line that ends the head: the core adds its framing and that line.
         A file goes out with sendfile(2) from here while the socket takes it; the task
         sends what is left. Same contract as `respond`."""
-        self._connection.respond_raw(self, status, head, body)
+        connection = self._connection  # (the connection's work, here: a call less)
+        if connection._direct is not self:
+            raise RuntimeError("respond() on a request that is not being answered directly")
+        request_head = self.head
+        keep_alive = request_head.keep_alive and not connection.state.closing
+        if not keep_alive:
+            end = b"Connection: close\r\n\r\n"
+        elif request_head.version == "1.0":
+            end = b"Connection: keep-alive\r\n\r\n"
+        else:
+            end = b"\r\n"
+        if isinstance(body, FileBody):
+            rest = connection.writer.send_file_now(head + end, body)
+            if rest is not None:  # the socket is full
+                connection.hand_over(self, _answered_with(Response(status, body=rest)))
+                return
+            sent = body.count
+        else:
+            transport = connection.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"".join((head, end, body)))
+            sent = len(body)
+        connection._answered_directly(self, status, sent, keep_alive)
 
     def continue_in_task(self, handler: Handler) -> None:
         """Hand a request the fast handler took to the connection's task: `handler`
@@ -671,33 +693,6 @@ class Connection(FlowControlled):
             self._closed_by_peer()  # the client half-closed meanwhile
         elif self._timer is None:  # one that is armed fires first and re-arms itself
             self._arm_timer()
-
-    def respond_raw(
-        self, request: Request, status: int, head: bytes, body: bytes | FileBody
-    ) -> None:
-        """`respond_directly` for a head already serialised (see Request.respond_raw)."""
-        if self._direct is not request:
-            raise RuntimeError("respond() on a request that is not being answered directly")
-        request_head = request.head
-        keep_alive = request_head.keep_alive and not self.state.closing
-        if not keep_alive:
-            end = b"Connection: close\r\n\r\n"
-        elif request_head.version == "1.0":
-            end = b"Connection: keep-alive\r\n\r\n"
-        else:
-            end = b"\r\n"
-        if isinstance(body, FileBody):
-            rest = self.writer.send_file_now(head + end, body)
-            if rest is not None:  # the socket is full
-                self.hand_over(request, _answered_with(Response(status, body=rest)))
-                return
-            sent = body.count
-        else:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(b"".join((head, end, body)))
-            sent = len(body)
-        self._answered_directly(request, status, sent, keep_alive)
 
     def hand_over(self, request: Request, handler: Handler) -> None:
         """The task answers the request the fast handler took, with `handler`."""

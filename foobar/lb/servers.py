@@ -276,7 +276,20 @@ class Backend:
         turns = self._turns
         if turns is None or time.monotonic() >= self._turns_until:
             return self._take_free(None, request, None)
-        return self._take_turn(turns)  # the plan holds: straight to the next step
+        if self._slots_limited or self._tell_algorithm:
+            return self._take_turn(turns)
+        # the plan holds, every server in it has a slot and the algorithm needs not hear
+        # of it: the next step's server, its slot taken (`take`), inline: per request
+        step = self._next_turn
+        server = turns[step]
+        step += 1
+        self._next_turn = 0 if step == len(turns) else step
+        active = server.active = server.active + 1
+        counters = server.counters
+        counters.sessions_total += 1
+        if active > counters.sessions_max:
+            counters.sessions_max = active
+        return server
 
     def _take_free(
         self, usable: list[Server] | None, request: RequestInfo, avoid: Server | None

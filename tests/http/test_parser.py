@@ -1,0 +1,92 @@
+"""The response parser's short path for a whole answer (`ResponseParser.whole`): it reads
+what `feed` reads, and leaves everything else to `feed` with nothing changed."""
+
+from __future__ import annotations
+
+import pytest
+
+from foobar.http.errors import ProtocolError
+from foobar.http.parser import END, ResponseHead, ResponseParser
+
+HEAD = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n"
+
+
+def fed(data: bytes) -> tuple[int, bytes, bytes, bool]:
+    """What `feed` reads of one whole answer, as `whole` gives it."""
+    head, *body, end = ResponseParser().feed(data)
+    assert isinstance(head, ResponseHead) and end is END, (head, body, end)
+    return head.status, head.raw, b"".join(body), head.keep_alive  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        HEAD + b"\r\nok",
+        HEAD + b"Connection: keep-alive\r\n\r\nok",
+        HEAD + b"Connection: close\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 404 Not Found\r\nConnection: keep-alive\r\nContent-Length:  2 \r\n\r\nno",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_a_whole_answer_is_read_as_feed_reads_it(answer: bytes) -> None:
+    parser = ResponseParser()
+    whole = parser.whole(answer)
+    assert whole == fed(answer)
+    if whole[3]:  # kept alive: answer after answer on one connection
+        assert parser.whole(answer) == parser.whole(answer) == whole
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HEAD + b"\r\no",  # part of one
+        HEAD + b"\r\nokHTTP/1.1 200 OK\r\n",  # and the start of another
+        HEAD + b"\r\nok\r\n",  # and more bytes
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",  # spelled otherwise: feed reads it
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n",  # no body, whatever it says
+        b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+def test_anything_else_is_left_to_feed(data: bytes) -> None:
+    parser = ResponseParser()
+    assert parser.whole(data) is None
+    assert not parser.in_message
+    assert parser.whole(HEAD + b"\r\nok") is not None  # its llhttp was not left mid-message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HEAD + b"Content-Length: 2\r\n\r\nok",  # two lengths
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nBad Field: 1\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+def test_a_malformed_answer_is_refused_by_feed(data: bytes) -> None:
+    parser = ResponseParser()
+    assert parser.whole(data) is None
+    with pytest.raises(ProtocolError):
+        parser.feed(data)
+
+
+def test_a_head_over_the_limits_is_refused_by_feed() -> None:
+    parser = ResponseParser(max_header_bytes=64, max_header_fields=4)
+    long_head = HEAD + b"X-Long: " + b"a" * 64 + b"\r\n\r\nok"
+    many_fields = HEAD + b"A: 1\r\n" * 20 + b"\r\nok"
+    for data in (long_head, many_fields):
+        assert parser.whole(data) is None
+        with pytest.raises(ProtocolError):
+            ResponseParser(max_header_bytes=64, max_header_fields=4).feed(data)
+
+
+def test_an_answer_to_head_or_after_an_unfinished_one_is_left_to_feed() -> None:
+    parser = ResponseParser()
+    parser.expect_head_response()
+    assert parser.whole(HEAD + b"\r\n") is None
+    assert [type(event) for event in parser.feed(HEAD + b"\r\n")] == [ResponseHead, type(END)]
+    parser.feed(HEAD + b"\r\no")
+    assert parser.whole(HEAD + b"\r\nok") is None  # "k" ends the answer begun
