@@ -91,7 +91,12 @@ class AccessLog:
             milliseconds = int(seconds * 1000 + 0.5)
             upstream_time = _MILLISECONDS[milliseconds] if milliseconds < 1000 else f"{seconds:.3f}"
             line = f"{line} ua={address} us={_STATUS_CODES[upstream_status]} urt={upstream_time}"
-        self.write(line)
+        self._lines.append(line)  # write(line), inline: a call less per request
+        self._size += len(line)
+        if self._size >= self.flush_bytes:
+            self.flush()
+        elif self._timer is None or self._timer_loop.is_closed():  # type: ignore[union-attr]
+            self._flush_later()
 
     def _tick(self, now: float) -> str:
         """The loop's time `now` passed the second the lines show: read the wall clock."""

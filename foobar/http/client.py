@@ -83,10 +83,10 @@ class UpstreamConnection(FlowControlled):
     """One connection to an upstream server, used for one request at a time."""
 
     __slots__ = (
-        "_last_read",
         "_timer",
         "error",
         "idle_since",
+        "last_read",
         "parser",
         "pool",
         "response_started",
@@ -102,14 +102,17 @@ class UpstreamConnection(FlowControlled):
         self.error: UpstreamError | None = None
         self.response_started = False
         self.reusable = True
-        self.idle_since: float | None = None  # loop.time() it went back to the pool
+        # loop.time() of its last answer's end, when it went back to the pool
+        self.idle_since: float | None = None
         # Who is told instead of a task, while a request on it is answered in callbacks.
         self.waiter: AnswerWaiter | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._last_read = self.loop.time()
+        # loop.time() of the last read, or of the request's start: the read timeout
+        # counts from it
+        self.last_read = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = self.loop.time()
+        self.last_read = self.loop.time()
         if self.idle_since is not None:
             # Bytes on an idle connection (a late 408, garbage): it cannot be trusted.
             self.reusable = False
@@ -221,24 +224,24 @@ class UpstreamConnection(FlowControlled):
         """The read timeout counts from here: the last read was for an earlier request."""
         if method == "HEAD":
             self.parser.expect_head_response()
-        self._last_read = self.loop.time()
+        self.last_read = self.loop.time()
         self.response_started = False
         if self._timer is None:  # arm_read_timeout(), inline: this runs per request
             self._timer = self.loop.call_at(
-                self._last_read + self.pool.config.read_timeout, self._on_timer
+                self.last_read + self.pool.config.read_timeout, self._on_timer
             )
 
     def arm_read_timeout(self) -> None:
         if self._timer is None:
             self._timer = self.loop.call_at(
-                self._last_read + self.pool.config.read_timeout, self._on_timer
+                self.last_read + self.pool.config.read_timeout, self._on_timer
             )
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.event_waiter is None and self.waiter is None:
             return
-        deadline = self._last_read + self.pool.config.read_timeout
+        deadline = self.last_read + self.pool.config.read_timeout
         if self.loop.time() < deadline:
             self.arm_read_timeout()
             return
@@ -453,7 +456,7 @@ class UpstreamPool:
             connection.parser.expect_head_response()
         connection.waiter = waiter
         connection.response_started = False
-        connection._last_read = now = connection.loop.time()
+        connection.last_read = now = connection.loop.time()
         if connection._timer is None:
             connection._timer = connection.loop.call_at(
                 now + self.config.read_timeout, connection._on_timer
@@ -543,7 +546,7 @@ class UpstreamPool:
             return
         if len(self._idle) >= self.config.max_idle:
             self._idle.popleft().close()
-        connection.idle_since = connection.loop.time()
+        connection.idle_since = connection.last_read  # its answer's end: no clock read
         self._idle.append(connection)
         if self._expiry is None:
             self._expire_at(connection.idle_since + self.config.idle_timeout)
