@@ -297,6 +297,8 @@ class Forwarder(Generic[T]):
         raw = request.raw
         if raw is not None and head.relayable and head.version == "1.1":
             # as received, with the forwarding fields added (the common case, inline)
+            if head.plain_connection is not None:
+                raw = _without_field(raw, head.plain_connection)
             relayed = b"".join(
                 (raw[:-2], request.forwarding_fields, self.route.request_fields(request), b"\r\n")
             )
@@ -323,6 +325,14 @@ class Forwarder(Generic[T]):
             fields = hdrs.without(fields, self.route.replaced_fields)
         fields += hdrs.parse_lines(self.route.request_fields(request))
         return fields
+
+
+def _without_field(raw: bytes, name: bytes) -> bytes:
+    """A head less the one field line named `name`, spelled as received (llhttp has
+    refused spaces before colons and bare LFs: "\r\n" + name + ":" starts that line)."""
+    start = raw.find(b"\r\n%s:" % name)
+    assert start > 0, "the parser saw the field"
+    return raw[:start] + raw[raw.find(b"\r\n", start + 2) :]
 
 
 def relayed_head(raw: bytes, added: bytes) -> bytes | None:

@@ -64,9 +64,12 @@ class RequestHead:
     content_length: int | None = None
     expect_continue: bool = False
     host: bytes | None = None  # the one Host field's value (the parser checked there is one)
-    # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED): a proxy may
-    # pass the head on as received
+    # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED) but a plain
+    # Connection field: a proxy may pass the head on as received (that field's line cut)
     relayable: bool = False
+    # the name, as received, of the one Connection field when it only says keep-alive
+    # or close (a browser's every request): it belongs to this connection alone
+    plain_connection: bytes | None = None
     # what the access log shows, noted as the fields pass (nginx's headers_in does so)
     referer: bytes | None = None
     user_agent: bytes | None = None
@@ -126,16 +129,16 @@ _STATUS_LINE_VERSIONS: Final = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]: an IP literal in brackets or a
 # reg-name (unreserved, pct-encoded, sub-delims), which may be empty.
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-# Method names as str, made once (llhttp has checked the method is one it knows)
-_METHOD_NAMES: Final = {
-    name.encode(): name
-    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
-}
 # What on_header notes of a request's fields, by lower-case name: Host, the framing
-# fields, the fields that keep a head from being relayed as received, and the access
-# log's two.
+# fields, the fields that keep a head from being relayed as received, the access log's
+# two, and Connection.
 _HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD, _LOGGED_FIELD = 1, 2, 4, 8
+_CONNECTION_FIELD: Final = 16
 _NOTED: Final = {name: _NOT_RELAYED_FIELD for name in hdrs.NOT_RELAYED}
+_NOTED[b"connection"] = _CONNECTION_FIELD
+# A Connection field's values that name no other field (lower-case, as llhttp passes
+# them: without the spaces around)
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 _NOTED[b"host"] = _HOST_FIELD
 _NOTED[b"content-length"] = _NOTED[b"expect"] = _FRAMING_FIELD
 _NOTED[b"transfer-encoding"] = _FRAMING_FIELD | _NOT_RELAYED_FIELD
@@ -335,6 +338,15 @@ class RequestParser(_Parser):
             else:
                 self._head.user_agent = value
             return
+        if noted == _CONNECTION_FIELD:
+            head = self._head
+            first = head.relayable and head.plain_connection is None
+            if first and value.lower() in _PLAIN_CONNECTION:
+                head.plain_connection = name
+                return
+            head.plain_connection = None  # two, or one naming other fields: rebuilt
+            head.relayable = False
+            return
         if noted & _NOT_RELAYED_FIELD:
             self._head.relayable = False
         if noted & _FRAMING_FIELD:
@@ -367,8 +379,7 @@ class RequestParser(_Parser):
                 self._refuse(ProtocolError(f"invalid Host {host!r}"))
             self._valid_host = host
         parser = self._parser
-        method = parser.get_method()
-        head.method = _METHOD_NAMES.get(method) or method.decode("ascii")
+        head.method = parser.get_method().decode("ascii")
         head.target = self._target
         head.version = version
         head.headers = headers

@@ -9,6 +9,7 @@ not the kernel's share (the same read and write calls for foobar and the floor).
     python -m loadtests.bench.instructions file              # foobar.web serving 1 KiB
     python -m loadtests.bench.instructions rules             # the floor with lb's rules
     ACCESS_LOG=true python -m loadtests.bench.instructions lb # with foobar's access log on
+    BROWSER=true python -m loadtests.bench.instructions lb    # a browser's 12 fields, not wrk's 1
 
 HAProxy is counted the same way in tcp mode, where foobar's target is set against it; the
 count is of the process's user space, so the kernel's share (the same four socket calls a
@@ -37,6 +38,22 @@ REQUESTS = int(os.environ.get("N", "2000"))
 ACCESS_LOG = os.environ.get("ACCESS_LOG", "false")  # foobar's, off unless asked for
 CONNECTIONS = 10
 PATHS = {"web": b"/api/x", "file": b"/1k.bin"}
+# BROWSER=true: the fields a browser sends with a page's request (wrk sends only Host)
+BROWSER_FIELDS = (
+    b"Connection: keep-alive\r\n"
+    b"Upgrade-Insecure-Requests: 1\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Sec-Fetch-Mode: navigate\r\n"
+    b"Sec-Fetch-Dest: document\r\n"
+    b"Referer: http://www.foobar.com/\r\n"
+    b"Accept-Encoding: gzip, deflate\r\n"
+    b"Accept-Language: en-US,en;q=0.9\r\n"
+    b"Cookie: session=4f2a9c1e7b3d5a60\r\n"
+)
+FIELDS = BROWSER_FIELDS if os.environ.get("BROWSER", "false") == "true" else b""
 
 
 def command(server: str, port: int, backends: list[int], root: Path) -> list[str]:
@@ -60,7 +77,7 @@ def command(server: str, port: int, backends: list[int], root: Path) -> list[str
 
 async def client(port: int, path: bytes, count: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, port)
+    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (path, port, FIELDS)
     for _ in range(count):
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")

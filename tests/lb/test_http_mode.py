@@ -71,6 +71,44 @@ async def test_forwarding_keep_alive_and_lb_header(
     assert lb.balancer.backends["web"].servers[0].pool.connections_made == 1
 
 
+@pytest.mark.parametrize(
+    ("connection", "forwarded"),
+    [
+        # a browser's: the head goes on as received, less that one line
+        (b"Connection: keep-alive\r\n", [b"Host", b"X-A", b"X-Secret", b"X-B"]),
+        (b"connection: close\r\n", [b"Host", b"X-A", b"X-Secret", b"X-B"]),
+        # naming another field: that one is hop-by-hop too (rebuilt without both)
+        (b"Connection: keep-alive, X-Secret\r\n", [b"Host", b"X-A", b"X-B"]),
+        (
+            b"Connection: close\r\nConnection: keep-alive\r\n",
+            [b"Host", b"X-A", b"X-Secret", b"X-B"],
+        ),
+    ],
+)
+async def test_the_client_connection_field_stays_with_the_client(
+    start_lb: StartLb, servers: list[Server], connection: bytes, forwarded: list[bytes]
+) -> None:
+    seen: list[Request] = []
+
+    async def upstream(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, body=b"ok")
+
+    backend = await start_server(upstream)
+    servers.append(backend)
+    lb = await start_lb(**lb_fields(f"a=127.0.0.1:{backend.address[1]}", check=None))
+    client = await RawClient.connect(address_of(lb))
+    fields = b"Host: www\r\nX-A: 1\r\n%sX-Secret: 2\r\nX-B: 3\r\n" % connection
+    for _ in range(2):  # kept alive: "close" is the client's word to the balancer only
+        await client.send(b"GET / HTTP/1.1\r\n%s\r\n" % fields)
+        status, _, body = await client.response()
+        assert (status, body) == (200, b"ok")
+        if b"close" in connection.split(b"\r\n")[0]:
+            break
+    names = [name for name, _ in seen[0].headers]
+    assert names == [*forwarded, b"X-Forwarded-For", b"X-Forwarded-Proto"]
+
+
 async def test_backend_killed_under_load(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
     started = [await backends(name) for name in ("a", "b", "c")]
     lb = await start_lb(**lb_fields(*(f"{b.name}={b.address}" for b in started)))
