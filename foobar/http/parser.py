@@ -132,8 +132,8 @@ _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*
 # What on_header notes of a request's fields, by lower-case name: Host, the framing
 # fields, the fields that keep a head from being relayed as received, the access log's
 # two, and Connection.
-_HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD, _LOGGED_FIELD = 1, 2, 4, 8
-_CONNECTION_FIELD: Final = 16
+_HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD, _CONNECTION_FIELD = 1, 2, 4, 8
+_REFERER_FIELD, _USER_AGENT_FIELD = 16, 32
 _NOTED: Final = {name: _NOT_RELAYED_FIELD for name in hdrs.NOT_RELAYED}
 _NOTED[b"connection"] = _CONNECTION_FIELD
 # A Connection field's values that name no other field (lower-case, as llhttp passes
@@ -142,7 +142,7 @@ _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 _NOTED[b"host"] = _HOST_FIELD
 _NOTED[b"content-length"] = _NOTED[b"expect"] = _FRAMING_FIELD
 _NOTED[b"transfer-encoding"] = _FRAMING_FIELD | _NOT_RELAYED_FIELD
-_NOTED[b"referer"] = _NOTED[b"user-agent"] = _LOGGED_FIELD
+_NOTED[b"referer"], _NOTED[b"user-agent"] = _REFERER_FIELD, _USER_AGENT_FIELD
 # The framing fields of a response head, found in its bytes (whole field names: llhttp
 # refused bare LFs, so every "\r\n" starts a field line).
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
@@ -320,9 +320,8 @@ class RequestParser(_Parser):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        # the fields the core looks at, noted as they pass
-        lowered = name.lower()
-        noted = _NOTED.get(lowered)
+        # the fields the core looks at, noted as they pass (most are none of them)
+        noted = _NOTED.get(name.lower())
         if noted is None:
             return
         if noted == _HOST_FIELD:
@@ -332,11 +331,11 @@ class RequestParser(_Parser):
                 self._refuse(ProtocolError("2 Host fields in the request"))
             self._head.host = value
             return
-        if noted == _LOGGED_FIELD:
-            if lowered == b"referer":
-                self._head.referer = value
-            else:
-                self._head.user_agent = value
+        if noted == _REFERER_FIELD:
+            self._head.referer = value
+            return
+        if noted == _USER_AGENT_FIELD:
+            self._head.user_agent = value
             return
         if noted == _CONNECTION_FIELD:
             head = self._head
@@ -352,7 +351,7 @@ class RequestParser(_Parser):
         if noted & _FRAMING_FIELD:
             if self._framing is None:
                 self._framing = {}
-            self._framing[lowered] = value
+            self._framing[name.lower()] = value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
