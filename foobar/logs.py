@@ -106,6 +106,7 @@ class AccessLog:
         return self._second
 
     def write(self, line: str) -> None:
+        # (`record` does the same inline)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self.flush_bytes:

@@ -10,8 +10,8 @@ A request without a body can also be sent and answered with no task at all, for 
 answering in the protocols' callbacks (the fast path, see server.py and forward.py):
 
     pool.send_now(waiter, head)
-    # waiter.answer_arrived(status, head, body): the whole answer arrived, the connection is back
-    #     in the pool
+    # waiter.answer_arrived(status, raw_head, body): the whole answer arrived, the
+    #     connection is back in the pool
     # waiter.must_wait(connection or None): it must be read on in a task, with
     #     await pool.request(..., sent=connection)   (None: nothing was sent, no idle one)
 
@@ -63,7 +63,7 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 class AnswerWaiter(Protocol):
     """Who waits for the answer to a request `send_now()` sent (forward.ProxyExchange)."""
 
-    def answer_arrived(self, status: int, head: bytes, body: bytes) -> None: ...
+    def answer_arrived(self, status: int, raw_head: bytes, body: bytes) -> None: ...
 
     def must_wait(self, connection: UpstreamConnection | None) -> None: ...
 
@@ -221,7 +221,8 @@ class UpstreamConnection(FlowControlled):
         return self.pop()
 
     def started_request(self, method: str) -> None:
-        """The read timeout counts from here: the last read was for an earlier request."""
+        """The read timeout counts from here: the last read was for an earlier request.
+        (`UpstreamPool.send_now` does the same inline.)"""
         if method == "HEAD":
             self.parser.expect_head_response()
         self.last_read = self.loop.time()
@@ -435,9 +436,9 @@ class UpstreamPool:
 
         Exactly one of these follows, once:
         - `waiter.must_wait(None)` now: no idle connection; nothing was sent.
-        - `waiter.answer_arrived(status, head, body)`: the whole final answer (at most
-          DIRECT_RESPONSE_BYTES) arrived; the connection is already back in the pool
-          (or closed, if it cannot be reused).
+        - `waiter.answer_arrived(status, raw_head, body)`: the whole final answer
+          arrived (in one read, or over several to at most DIRECT_RESPONSE_BYTES); the
+          connection is already back in the pool (or closed, if it cannot be reused).
         - `waiter.must_wait(connection)`: the answer must be read in a task with
           `request(..., sent=connection)`: it is long, interim (1xx), broken, late, or
           the connection closed; the events read so far stay queued on it, and the
@@ -532,6 +533,7 @@ class UpstreamPool:
         return UpstreamResponse(connection, head, sender)
 
     def _take_idle(self) -> UpstreamConnection | None:
+        # (`send_now` does the same inline)
         while self._idle:
             connection = self._idle.pop()  # the most recent: least likely closed by the server
             connection.idle_since = None
@@ -553,7 +555,9 @@ class UpstreamPool:
 
     def _expire_at(self, when: float) -> None:
         """One timer per pool, not one per idle connection: connections are taken and
-        returned at the right end of `_idle`, so the left one has been idle longest."""
+        returned at the right end of `_idle`, so the left one has been idle about longest
+        (each since its answer's last read: one a task released well after that may sit
+        right of a younger one, and closes with it, as late as that one is younger)."""
         self._expiry = asyncio.get_running_loop().call_at(when, self._expire)
 
     def _expire(self) -> None:

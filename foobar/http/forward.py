@@ -158,9 +158,9 @@ class ProxyExchange(Generic[T]):
 
     # the fast path, called back by the upstream connection (see UpstreamPool.send_now)
 
-    def answer_arrived(self, status: int, head: bytes, body: bytes) -> None:
-        """The whole final answer arrived (`head` as received), the connection is back in
-        its pool."""
+    def answer_arrived(self, status: int, raw_head: bytes, body: bytes) -> None:
+        """The whole final answer arrived (its head as received), the connection is back
+        in its pool."""
         target = self.target
         assert target is not None
         added = self._take_answer(target, status)
@@ -169,11 +169,11 @@ class ProxyExchange(Generic[T]):
             return
         self.target = None
         self.forwarder.route.release(self, target)
-        passed_on = relayed_head(head, added)
+        passed_on = relayed_head(raw_head, added)
         if passed_on is not None:
             self.request.respond_raw(status, passed_on, body)
             return
-        parsed = ResponseHead(status, head)
+        parsed = ResponseHead(status, raw_head)
         body, framing = whole_body(parsed, body)
         self.request.respond(_relayed(parsed, body, framing, added))
 

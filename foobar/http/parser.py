@@ -64,11 +64,13 @@ class RequestHead:
     content_length: int | None = None
     expect_continue: bool = False
     host: bytes | None = None  # the one Host field's value (the parser checked there is one)
-    # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED) but a plain
-    # Connection field: a proxy may pass the head on as received (that field's line cut)
+    # no hop-by-hop field and none that proxies set (headers.NOT_RELAYED), except a
+    # plain Connection field: a proxy may pass the head on as received, that field's
+    # line cut
     relayable: bool = False
-    # the name, as received, of the one Connection field when it only says keep-alive
-    # or close (a browser's every request): it belongs to this connection alone
+    # in a relayable head, the name as received of its one Connection field, which only
+    # says keep-alive or close (a browser's every request): it belongs to this
+    # connection alone; None otherwise
     plain_connection: bytes | None = None
     # what the access log shows, noted as the fields pass (nginx's headers_in does so)
     referer: bytes | None = None
@@ -136,8 +138,8 @@ _HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD, _CONNECTION_FIELD = 1, 2, 4, 8
 _REFERER_FIELD, _USER_AGENT_FIELD = 16, 32
 _NOTED: Final = {name: _NOT_RELAYED_FIELD for name in hdrs.NOT_RELAYED}
 _NOTED[b"connection"] = _CONNECTION_FIELD
-# A Connection field's values that name no other field (lower-case, as llhttp passes
-# them: without the spaces around)
+# A Connection field's values that name no other field (lower-case; llhttp has taken
+# off the spaces before the value, not those after it)
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 _NOTED[b"host"] = _HOST_FIELD
 _NOTED[b"content-length"] = _NOTED[b"expect"] = _FRAMING_FIELD
@@ -339,15 +341,14 @@ class RequestParser(_Parser):
             return
         if noted == _CONNECTION_FIELD:
             head = self._head
-            first = head.relayable and head.plain_connection is None
-            if first and value.lower() in _PLAIN_CONNECTION:
+            first_and_relayable = head.relayable and head.plain_connection is None
+            if first_and_relayable and value.rstrip(b" \t").lower() in _PLAIN_CONNECTION:
                 head.plain_connection = name
                 return
-            head.plain_connection = None  # two, or one naming other fields: rebuilt
-            head.relayable = False
-            return
+            noted = _NOT_RELAYED_FIELD  # two, or one naming other fields: rebuilt
         if noted & _NOT_RELAYED_FIELD:
             self._head.relayable = False
+            self._head.plain_connection = None
         if noted & _FRAMING_FIELD:
             if self._framing is None:
                 self._framing = {}
@@ -418,8 +419,9 @@ class _WholeAnswer:
         self.keep_alive: bool | None = None  # None until a message completes
 
     def read(self, data: bytes, end: int) -> tuple[int, bytes, bytes, bool] | None:
-        """(status, head, body, keep-alive) when llhttp reads `data` as exactly one
-        complete final answer (its head `end` bytes long)."""
+        """(status, head, body, keep-alive) when llhttp reads `data` as one complete
+        final answer (its head `end` bytes long) and nothing after it but the empty
+        lines it skips (`whole` checks the length rules those out)."""
         self.begun, self.keep_alive = 0, None
         try:
             self._parser.feed_data(data)
@@ -428,7 +430,8 @@ class _WholeAnswer:
             return None
         keep_alive = self.keep_alive
         status = self._parser.get_status_code()
-        if keep_alive is None or self.begun != 1 or status < 200 or status == 101:
+        # (a 101 never gets here: llhttp stops at it, as at an upgrade)
+        if keep_alive is None or self.begun != 1 or status < 200:
             self._parser = httptools.HttpResponseParser(self)  # mid-message, or spent
             return None
         return status, data[:end], data[end:], keep_alive

@@ -276,8 +276,8 @@ class Backend:
         turns = self._turns
         if turns is None or time.monotonic() >= self._turns_until:
             return self._take_free(None, request, None)
-        if self._slots_limited or self._tell_algorithm:
-            return self._take_turn(turns)
+        if not turns or self._slots_limited or self._tell_algorithm:
+            return self._take_turn(turns)  # (no server usable: None)
         # the plan holds, every server in it has a slot and the algorithm needs not hear
         # of it: the next step's server, its slot taken (`take`), inline: per request
         step = self._next_turn
@@ -316,7 +316,8 @@ class Backend:
         return picked
 
     def _take_turn(self, turns: list[Server]) -> Server | None:
-        """The plan's next server with a free slot, its slot taken."""
+        """The plan's next server with a free slot, its slot taken. (`take_now` does
+        the same inline when no server has a maxconn.)"""
         count = len(turns)
         for _ in range(count):
             server = turns[self._next_turn]

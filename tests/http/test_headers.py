@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from foobar.http import headers as hdrs
-from foobar.http.forward import relayed_head
+from foobar.http.forward import _without_field, relayed_head
 from foobar.http.parser import RequestHead, RequestParser
 
 
@@ -79,6 +79,38 @@ def test_an_answer_head_is_relayed_as_received_less_its_connection_field(
 
 
 @pytest.mark.parametrize(
+    ("fields", "relayed"),
+    [
+        (b"Connection: keep-alive\r\nX-A: 1\r\n", b"X-A: 1\r\n"),
+        (b"X-A: 1\r\nconnection:close\r\n", b"X-A: 1\r\n"),
+        (b"X-A: 1\r\nCONNECTION: Close \t\r\nX-B: 2\r\n", b"X-A: 1\r\nX-B: 2\r\n"),
+        (b"X-Connection: close\r\nConnection: keep-alive\r\n", b"X-Connection: close\r\n"),
+        (b"Connection: keep-alive, X-A\r\nX-A: 1\r\n", None),
+        (b"Connection: close\r\nConnection: keep-alive\r\n", None),
+        (b"Connection: close\r\nKeep-Alive: 5\r\n", None),
+        (b"Upgrade: h2c\r\nConnection: close\r\n", None),
+        (b"Connection: close\r\nTE: trailers\r\n", None),
+    ],
+)
+def test_a_request_head_is_relayed_as_received_less_a_plain_connection_field(
+    fields: bytes, relayed: bytes | None
+) -> None:
+    """A browser's Connection field (keep-alive or close, naming no other field) is the
+    client connection's own: the head goes on as received without its line; any other
+    hop-by-hop field has the head rebuilt field by field."""
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n%s\r\n" % fields
+    [head, _] = RequestParser().feed(raw)
+    assert isinstance(head, RequestHead)
+    if relayed is None:
+        assert (head.relayable, head.plain_connection) == (False, None)
+        return
+    assert head.relayable and head.plain_connection is not None
+    assert _without_field(raw, head.plain_connection) == (
+        b"GET / HTTP/1.1\r\nHost: a\r\n%s\r\n" % relayed
+    )
+
+
+@pytest.mark.parametrize(
     ("field", "relayable"),
     [
         (b"Accept: */*", True),
@@ -92,7 +124,7 @@ def test_an_answer_head_is_relayed_as_received_less_its_connection_field(
         (b"Proxy-Authorization: Basic x", False),
     ],
 )
-def test_a_request_head_with_a_field_proxies_set_is_not_relayed_as_received(
+def test_a_request_head_with_a_field_proxies_set_or_hop_by_hop_is_rebuilt(
     field: bytes, relayable: bool
 ) -> None:
     parser = RequestParser()

@@ -90,3 +90,15 @@ def test_an_answer_to_head_or_after_an_unfinished_one_is_left_to_feed() -> None:
     assert [type(event) for event in parser.feed(HEAD + b"\r\n")] == [ResponseHead, type(END)]
     parser.feed(HEAD + b"\r\no")
     assert parser.whole(HEAD + b"\r\nok") is None  # "k" ends the answer begun
+
+
+def test_after_a_read_left_to_feed_the_next_whole_answer_takes_the_short_path() -> None:
+    parser = ResponseParser()
+    answer = HEAD + b"\r\nok"
+    assert parser.whole(answer + b"\r\n") is None  # an empty line after it: feed's
+    assert [type(event) for event in parser.feed(answer + b"\r\n")] == [
+        ResponseHead,
+        bytes,
+        type(END),
+    ]
+    assert parser.whole(answer) == fed(answer)

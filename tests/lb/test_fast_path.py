@@ -152,6 +152,49 @@ async def test_interim_answers_and_a_silent_server_on_a_warm_connection(
     server.close()
 
 
+async def test_whole_answers_that_end_their_connection_on_a_warm_one(
+    start_lb: StartLb,
+) -> None:
+    """Answers read on the short path (whole, in one read) that must not leave their
+    connection in the pool: one saying Connection: close (the server keeps it open
+    anyway), one followed by a second answer in the same write (a desync: 502), and a
+    body sent after an answer to HEAD (the client gets the head only)."""
+    answers = {
+        b"/close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 2,
+        b"/head": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    }
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.read(4096):  # until the balancer closes it
+            target = head.split(b" ")[1]
+            writer.write(answers.get(target, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+
+    lb, raw = await before_raw_backend(start_lb, backend, retries=0)
+    server = lb.balancer.backends["web"].servers[0]
+    client = await RawClient.connect(address_of(lb))
+    for method, target, status, body in (
+        (b"GET", b"/warm", 200, b"ok"),
+        (b"GET", b"/close", 200, b"ok"),
+        (b"GET", b"/after-close", 200, b"ok"),  # on a new connection
+        (b"GET", b"/two", 502, None),
+        (b"GET", b"/after-two", 200, b"ok"),  # on a new connection
+        (b"HEAD", b"/head", 200, b""),
+        (b"GET", b"/after-head", 200, b"ok"),  # on a new connection
+    ):
+        await client.send(b"%s %s HTTP/1.1\r\nHost: a\r\n\r\n" % (method, target))
+        if method == b"HEAD":
+            async with asyncio.timeout(5):
+                head = await client.reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 2\r\n" in head
+            continue
+        answer = await client.response()
+        assert answer[0] == status and (body is None or answer[2] == body), (target, answer)
+    assert server.pool.connections_made == 4
+    client.close()
+    raw.close()
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
