@@ -113,6 +113,16 @@ def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
     assert line.endswith(f" rt={seconds:.3f} ua=10.0.0.3:8000 us=200 urt={seconds:.3f}")
 
 
+@pytest.mark.parametrize(
+    ("status", "sent"), [(200, 0), (204, 4095), (404, 4096), (99, 10**9), (999, 1), (0, 7)]
+)
+def test_codes_and_sizes_are_logged_as_numbers(status: int, sent: int) -> None:
+    head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
+    assert f'" {status} {sent} "-" "-" rt=' in logged(
+        Request(head, FakeConnection()), status, sent, 0.0
+    )  # type: ignore[arg-type]
+
+
 def test_setup_sends_event_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     logs.setup("info")
     logging.getLogger("foobar.web").info("event=started")
@@ -137,7 +147,7 @@ async def test_access_lines_are_written_together_within_the_flush_delay() -> Non
 
 def test_access_lines_are_written_once_the_buffer_fills_and_without_a_loop() -> None:
     stream = io.StringIO()
-    log = logs.AccessLog(stream, flush_bytes=10)
+    log = logs.AccessLog(stream, flush_lines=2)
     log.write("12345")  # no running loop: nothing would flush later, so now
     assert stream.getvalue() == "12345\n"
     stream.truncate(0)
@@ -148,7 +158,7 @@ def test_access_lines_are_written_once_the_buffer_fills_and_without_a_loop() -> 
 
 async def test_a_full_access_buffer_is_written_at_once() -> None:
     stream = io.StringIO()
-    log = logs.AccessLog(stream, flush_bytes=10, flush_after=60)
+    log = logs.AccessLog(stream, flush_lines=2, flush_after=60)
     log.write("12345")
     assert stream.getvalue() == ""
     log.write("67890")
