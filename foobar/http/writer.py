@@ -61,16 +61,23 @@ class Response:
     reason: bytes | None = None
 
 
-_DATE_CACHE: list[Any] = [0, b""]
+_monotonic: Final = time.monotonic
+# the Date field line, and the monotonic clock's time until which its second holds
+_DATE_CACHE: list[Any] = [-1.0, b""]
 
 
 def date_field() -> bytes:
-    """The Date field line (`Date: ...\r\n`), formatted once a second."""
-    now = int(time.time())
-    if _DATE_CACHE[0] != now:
-        _DATE_CACHE[0] = now
-        _DATE_CACHE[1] = b"Date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
-    line: bytes = _DATE_CACHE[1]
+    """The Date field line (`Date: ...\r\n`), formatted once a second. The wall clock is
+    read only when the second ends: one monotonic read a call (the wall's, turned into
+    a whole second and compared, cost 1.7k instructions a response, 4% of a small file's)."""
+    if _monotonic() < _DATE_CACHE[0]:
+        line: bytes = _DATE_CACHE[1]
+        return line
+    wall = time.time()
+    _DATE_CACHE[0] = _monotonic() + 1 - wall % 1
+    _DATE_CACHE[1] = line = (
+        b"Date: %s\r\n" % email.utils.formatdate(int(wall), usegmt=True).encode()
+    )
     return line
 
 
