@@ -174,7 +174,7 @@ def _quoted(value: bytes) -> str:
 # second (nearly all), the codes and small sizes are made once and looked up inline (a
 # call per value cost as much again).
 _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
-_STATUS_CODES: Final = {code: str(code) for code in range(100, 1000)}
+_STATUS_CODES: Final = {code: str(code) for code in range(1000)}
 _NUMBERS_MAX: Final = 4096
 _NUMBERS: Final = [str(number) for number in range(_NUMBERS_MAX)]
 

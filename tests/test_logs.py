@@ -118,9 +118,8 @@ def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
 )
 def test_codes_and_sizes_are_logged_as_numbers(status: int, sent: int) -> None:
     head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
-    assert f'" {status} {sent} "-" "-" rt=' in logged(
-        Request(head, FakeConnection()), status, sent, 0.0
-    )  # type: ignore[arg-type]
+    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    assert f'" {status} {sent} "-" "-" rt=' in logged(request, status, sent, 0.0)
 
 
 def test_setup_sends_event_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
