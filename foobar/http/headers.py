@@ -63,6 +63,11 @@ FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 # field, is rebuilt field by field rather than passed on as received.
 SET_BY_PROXIES = FORWARDING | {b"x-forwarded-host", b"x-real-ip", b"forwarded"}
 NOT_RELAYED = HOP_BY_HOP | SET_BY_PROXIES
+# What makes a request's answer other than the whole resource's: its validators (RFC 9110
+# §13.1) and Range (§14.2). A file server answers the others from its cache as they are.
+CONDITIONAL = frozenset(
+    {b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range"}
+)
 _END_TO_END_DROP = HOP_BY_HOP | {b"content-length"}
 _FORWARDING_DROP = _END_TO_END_DROP | FORWARDING
 

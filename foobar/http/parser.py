@@ -75,6 +75,9 @@ class RequestHead:
     # what the access log shows, noted as the fields pass (nginx's headers_in does so)
     referer: bytes | None = None
     user_agent: bytes | None = None
+    # a validator or a Range field (headers.CONDITIONAL): the answer may be other than the
+    # whole resource's
+    conditional: bool = False
 
     @property
     def has_body(self) -> bool:
@@ -133,10 +136,11 @@ _STATUS_LINE_VERSIONS: Final = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 # What on_header notes of a request's fields, by lower-case name: Host, the framing
 # fields, the fields that keep a head from being relayed as received, the access log's
-# two, and Connection.
+# two, Connection, and the validators and Range (nginx's headers_in notes them too).
 _HOST_FIELD, _FRAMING_FIELD, _NOT_RELAYED_FIELD, _CONNECTION_FIELD = 1, 2, 4, 8
-_REFERER_FIELD, _USER_AGENT_FIELD = 16, 32
+_REFERER_FIELD, _USER_AGENT_FIELD, _CONDITIONAL_FIELD = 16, 32, 64
 _NOTED: Final = {name: _NOT_RELAYED_FIELD for name in hdrs.NOT_RELAYED}
+_NOTED.update(dict.fromkeys(hdrs.CONDITIONAL, _CONDITIONAL_FIELD))
 _NOTED[b"connection"] = _CONNECTION_FIELD
 # A Connection field's values that name no other field (lower-case; llhttp has taken
 # off the spaces before the value, not those after it)
@@ -338,6 +342,9 @@ class RequestParser(_Parser):
             return
         if noted == _USER_AGENT_FIELD:
             self._head.user_agent = value
+            return
+        if noted == _CONDITIONAL_FIELD:
+            self._head.conditional = True
             return
         if noted == _CONNECTION_FIELD:
             head = self._head

@@ -40,10 +40,6 @@ SMALL_FILES_BUDGET = 32 * 1024 * 1024  # all cached contents together
 MAX_OPEN_FILES = 1000
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 MAX_ENTRIES = 10_000  # request paths cached; past this the cache starts over
-# request fields that make the answer other than the whole file's 200
-NOT_WHOLE_FILE = frozenset(
-    {b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range"}
-)
 
 
 class BadTarget(Exception):
@@ -325,9 +321,8 @@ class StaticFiles:
         method = request_head.method
         if method != "GET" and method != "HEAD":
             return None
-        for name, _ in request_head.headers:
-            if name.lower() in NOT_WHOLE_FILE:
-                return None
+        if request_head.conditional:  # a validator or a range: `serve` answers
+            return None
         try:
             entry = self.entry(target_path)
         except BadTarget:

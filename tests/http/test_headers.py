@@ -124,3 +124,23 @@ def test_a_request_head_with_a_field_proxies_set_or_hop_by_hop_is_rebuilt(
     [head, _] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n%s\r\n\r\n" % field)
     assert isinstance(head, RequestHead)
     assert head.relayable is relayable
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b'If-None-Match: "v1"',
+        b"if-modified-since: Tue, 01 Dec 2026 10:00:00 GMT",
+        b"IF-MATCH: *",
+        b"If-Unmodified-Since: Tue, 01 Dec 2026 10:00:00 GMT",
+        b"Range: bytes=0-1",
+    ],
+)
+def test_a_validator_or_a_range_makes_the_head_conditional(field: bytes) -> None:
+    """What the file server answers from its cache as it is, and what not: the parser
+    notes it as the field passes, by any spelling."""
+    parser = RequestParser()
+    [head, _] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n%s\r\n\r\n" % field)
+    assert isinstance(head, RequestHead) and head.conditional
+    [head, _] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Range: 1\r\n\r\n")
+    assert isinstance(head, RequestHead) and not head.conditional
