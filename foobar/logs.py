@@ -51,12 +51,14 @@ def setup(level: str = "info") -> None:
 
 class AccessLog:
     """Access lines, buffered as nginx's `access_log ... buffer=32k flush=1s`: written
-    together once `flush_lines` have gathered (256 lines of 128 bytes: 32 KiB) or
-    `flush_after` seconds after the first, and at exit. Through `logging`, one line cost
-    ~13 µs (a record, handlers, a write each): a fifth of the balancer's CPU per request.
-    Buffered, ~1 µs. Lines are counted, not measured: `len` on each cost a tenth of it.
-    Lines left when a loop closed before its timer ran are written with the next buffer
-    or at exit."""
+    together once `flush_lines` have gathered or `flush_after` seconds after the first,
+    and at exit. 256 lines are 32 KiB of wrk's 128-byte lines, ~80 KiB of a browser's,
+    4 MiB at most (a line's fields are held to the header limits): lines are counted, not
+    measured, as `len` on each cost a tenth of the line. Through `logging`, one line cost
+    ~13 µs (a record, handlers, a write each): a fifth of the balancer's CPU per request;
+    buffered, ~1 µs. The timer is armed by a buffer's first line, so lines left when a
+    loop closed before its timer ran (tests run one loop after another; a server, one)
+    wait for a full buffer or the exit."""
 
     def __init__(
         self, stream: TextIO | None = None, flush_lines: int = 256, flush_after: float = 1.0
@@ -174,7 +176,7 @@ def _quoted(value: bytes) -> str:
 # second (nearly all), the codes and small sizes are made once and looked up inline (a
 # call per value cost as much again).
 _MILLISECONDS: Final = [f"{ms / 1000:.3f}" for ms in range(1000)]
-_STATUS_CODES: Final = {code: str(code) for code in range(1000)}
+_STATUS_CODES: Final = {code: f"{code:03d}" for code in range(1000)}  # nginx: %03ui
 _NUMBERS_MAX: Final = 4096
 _NUMBERS: Final = [str(number) for number in range(_NUMBERS_MAX)]
 

@@ -292,8 +292,8 @@ class RequestParser(_Parser):
         return events
 
     # What a request's head is gathered in, from its first byte (on_message_begin): the
-    # head itself, filled in as its fields pass (Host, Referer, User-Agent, relayable),
-    # and what is checked once it is complete
+    # head itself, filled in as its fields pass (Host, Referer, User-Agent, relayable,
+    # conditional), and what is checked once it is complete
     _head: RequestHead
     _target: bytes
     _headers: hdrs.Headers

@@ -178,9 +178,9 @@ class Request:
         return self.head.headers
 
     def header(self, name: bytes) -> bytes | None:
-        """The last value of a header (`name` lower-case), or None. A file request asks
-        for up to eight (conditionals, range, encoding, the access log's two): one pass
-        over a browser's dozen fields instead of one per question."""
+        """The last value of a header (`name` lower-case), or None. A conditional or
+        range request to the file server asks for several (validators, range,
+        encoding): one pass over a browser's dozen fields instead of one per question."""
         fields = self._fields
         if fields is None:
             fields = self._fields = {key.lower(): value for key, value in self.head.headers}

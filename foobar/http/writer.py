@@ -73,8 +73,11 @@ def date_field() -> bytes:
     if _monotonic() < _DATE_CACHE[0]:
         line: bytes = _DATE_CACHE[1]
         return line
+    # the monotonic clock first: the second ends no later than it says (read after the
+    # wall's, the gap between the reads would serve the old second past its end)
+    monotonic = _monotonic()
     wall = time.time()
-    _DATE_CACHE[0] = _monotonic() + 1 - wall % 1
+    _DATE_CACHE[0] = monotonic + 1 - wall % 1
     _DATE_CACHE[1] = line = (
         b"Date: %s\r\n" % email.utils.formatdate(int(wall), usegmt=True).encode()
     )

@@ -144,3 +144,7 @@ def test_a_validator_or_a_range_makes_the_head_conditional(field: bytes) -> None
     assert isinstance(head, RequestHead) and head.conditional
     [head, _] = parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Range: 1\r\n\r\n")
     assert isinstance(head, RequestHead) and not head.conditional
+    # a name cut between two reads
+    assert parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\n%s" % field[:3]) == []
+    [head, _] = parser.feed(b"%s\r\n\r\n" % field[3:])
+    assert isinstance(head, RequestHead) and head.conditional
