@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import aiomysql
 import pytest
 
 from foobar.up import free_base_port
-from loadtests.bench import floor, instructions, peers, rules
+from loadtests.bench import floor, instructions, peers, report, rules
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
 from loadtests.bench.run import destination
 from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
@@ -53,6 +54,7 @@ def test_wrk_output_is_read_with_its_units() -> None:
     assert run.p99_ms == pytest.approx(1200.0)
     assert run.requests == 110500
     assert run.errors == 2 + 1 + 4 + 5
+    assert run.error_kinds == "read 2, write 1, timeout 4, non-2xx/3xx 5"
     assert run.megabytes_per_s == pytest.approx(378.5)
 
 
@@ -60,7 +62,7 @@ def test_wrk_output_without_errors_or_with_a_missing_field() -> None:
     clean = "\n".join(
         line for line in WRK_OUTPUT.splitlines() if "errors" not in line and "Non-2xx" not in line
     )
-    assert parse_wrk(clean).errors == 0
+    assert (parse_wrk(clean).errors, parse_wrk(clean).error_kinds) == (0, "")
     with pytest.raises(ValueError, match="Requests/sec"):
         parse_wrk(clean.replace("Requests/sec", "Requests"))
 
@@ -74,6 +76,20 @@ def test_the_load_core_busy_share_counts_steal_and_not_iowait() -> None:
 
 def result(rate: float, cpu_us: float, load_busy: float = 0.5) -> Result:
     return Result(rate, 1.0, 2.0, cpu_us, 40.0, 0, load_busy, load_busy / 2)
+
+
+def test_the_report_says_which_rounds_had_errors_and_of_what_kind() -> None:
+    """A stall (wrk's timeouts) and a server that answered errors read differently."""
+    clean = result(30_000, 30.0)
+    stalled = dataclasses.replace(clean, errors=50, error_kinds="timeout 50")
+    [_, _, row] = report.results_table(
+        {"lb http mode": {"foobar": [clean, stalled]}}, {"lb http mode": "req/s"}
+    )
+    assert row.endswith("| 50 (round 2: timeout 50) |")
+    [_, _, row] = report.results_table(
+        {"lb http mode": {"foobar": [clean]}}, {"lb http mode": "req/s"}
+    )
+    assert row.endswith("| 0 |")
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ class WrkOutput:
     requests: int
     errors: int  # socket errors and non-2xx/3xx answers
     megabytes_per_s: float
+    # the errors by kind, e.g. "timeout 50": timeouts say the server stalled for wrk's
+    # 2 s, resets a server that closed connections, non-2xx what it answered
+    error_kinds: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Result:
     errors: int
     load_busy: float  # share of the load core busy (wrk, and the backends it shares with)
     wrk_cpu: float  # wrk's own share of the load core
+    error_kinds: str = ""  # as WrkOutput's
 
     @property
     def saturated(self) -> bool:
@@ -69,21 +73,24 @@ def _field(pattern: str, output: str) -> str:
 
 
 def parse_wrk(output: str) -> WrkOutput:
-    errors = 0
+    kinds: dict[str, int] = {}
     if found := re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     ):
-        errors += sum(int(n) for n in found.groups())
+        kinds = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, found.groups()), strict=True)
+        )
     if found := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
-        errors += int(found[1])
+        kinds["non-2xx/3xx"] = int(found[1])
     transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", output)
     return WrkOutput(
         rps=float(_field(r"Requests/sec:\s+([\d.]+)", output)),
         p50_ms=_duration_ms(_field(r"\s50%\s+(\S+)", output)),
         p99_ms=_duration_ms(_field(r"\s99%\s+(\S+)", output)),
         requests=int(_field(r"(\d+) requests in", output)),
-        errors=errors,
+        errors=sum(kinds.values()),
         megabytes_per_s=float(transfer[1]) * _UNITS_MB[transfer[2]] if transfer else 0.0,
+        error_kinds=", ".join(f"{kind} {count}" for kind, count in kinds.items() if count),
     )
 
 
@@ -152,4 +159,5 @@ def load(url: str, pid: int, seconds: float, megabytes: bool = False) -> Result:
         errors=run.errors,
         load_busy=(busy_after - busy_before) / max(total_after - total_before, 1),
         wrk_cpu=wrk_used / wall,
+        error_kinds=run.error_kinds,
     )

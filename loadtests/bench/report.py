@@ -80,9 +80,18 @@ def results_table(results: dict[str, dict[str, list[Result]]], units: dict[str, 
                 f"| {Spread.of([r.p50_ms for r in runs]).median:.2f} "
                 f"| {Spread.of([r.p99_ms for r in runs]).median:.2f} "
                 f"| {Spread.of([r.rss_mib for r in runs]).median:.0f} "
-                f"| {busy:.0%} ({wrk:.0%}){mark} | {sum(r.errors for r in runs)} |"
+                f"| {busy:.0%} ({wrk:.0%}){mark} | {_errors(runs)} |"
             )
     return lines
+
+
+def _errors(runs: list[Result]) -> str:
+    """The errors of all rounds, and of what kind in the rounds that had any."""
+    kinds = "; ".join(
+        f"round {number}: {run.error_kinds}" for number, run in enumerate(runs, 1) if run.errors
+    )
+    total = sum(run.errors for run in runs)
+    return f"{total} ({kinds})" if kinds else str(total)
 
 
 def verdict_table(verdicts: list[Verdict]) -> list[str]:
