@@ -64,9 +64,10 @@ class WebServer:
         can forward at once, answered without a task."""
         # a prefix is a path (settings: no "?"), so the target starts with it when its
         # path does: no split of the target for a proxied request
-        if request.head.target.startswith(self.prefixes):
+        target = request.head.target
+        if target.startswith(self.prefixes):
             return self.proxy.answer_now(request)
-        path = request.path
+        path = target.partition(b"?")[0]  # (`request.path`, without a property's call)
         if path == b"/healthz":
             return False
         whole_file = self.static.whole_file(request, path)
