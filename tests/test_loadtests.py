@@ -1,8 +1,8 @@
 """The load test and the benchmark harness: their pure parts (wrk's output, the load
 core's ticks, the verdicts computed from numbers, the peers' configurations as HAProxy and
-nginx read them, the floor proxy relaying over real sockets), and smoke runs of the locust
-load test and of the whole harness, so the scripts never rot: they must run without a
-failed request. Speed is the benchmark's business."""
+nginx read them, the floors proxying and serving files over real sockets), and smoke runs
+of the locust load test and of the whole harness, so the scripts never rot: they must run
+without a failed request. Speed is the benchmark's business."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import aiomysql
 import pytest
 
 from foobar.up import free_base_port
-from loadtests.bench import floor, instructions, peers, report, rules
+from loadtests.bench import file_floor, floor, instructions, peers, report, rules
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
 from loadtests.bench.run import destination
 from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
@@ -311,6 +311,39 @@ async def test_the_floor_with_the_balancers_rules_relays_as_foobar_lb_does() -> 
     )
 
 
+async def test_the_file_floor_serves_files_whole_on_one_connection(tmp_path: Path) -> None:
+    small, large = os.urandom(1024), os.urandom(3 * 1024 * 1024)  # large: past a full socket
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "1k.bin").write_bytes(small)
+    (root / "big.bin").write_bytes(large)
+    (tmp_path / "secret").write_bytes(b"not served")
+    server = await file_floor.serve("127.0.0.1:0", str(root))
+    address = server.sockets[0].getsockname()
+    reader, writer = await asyncio.open_connection(*address)
+
+    async def get(target: bytes, fields: bytes = b"") -> tuple[bytes, bytes]:
+        writer.write(b"GET %s HTTP/1.1\r\nHost: bench\r\n%s\r\n" % (target, fields))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+    try:
+        for _ in range(2):  # found once, then from what was kept
+            head, body = await get(b"/1k.bin?v=1")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == small
+            assert b'ETag: "' in head and b"\r\nDate: " in head
+            assert (await get(b"/big.bin"))[1] == large
+        assert (await get(b"/nothing"))[0].startswith(b"HTTP/1.1 404 Not Found\r\n")
+        assert (await get(b"/../secret"))[0].startswith(b"HTTP/1.1 404 Not Found\r\n")
+        head, body = await get(b"/1k.bin", b"Connection: close\r\n")
+        assert body == small
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then it closed
+    finally:
+        writer.close()
+        server.close()
+
+
 async def test_locust_visitors_against_the_site(tmp_path: Path) -> None:
     base = free_base_port(webs=1, apps=2, tls=False)
     site = await asyncio.create_subprocess_exec(
@@ -405,6 +438,8 @@ async def test_benchmark_harness_runs_without_errors() -> None:
         "lb tcp mode | haproxy",
         "web 1 KiB file | foobar, access log on",
         "web 1 KiB file | nginx",
+        "web 1 KiB file | floor",
+        "web 1 MiB file | floor",
         "web 1 MiB file | nginx",
         "web proxying /api/ | floor",
         "web proxying /api/ | nginx",

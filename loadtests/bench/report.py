@@ -30,7 +30,10 @@ run, warmed up for a second, then measured.
   proxy on uvloop + httptools answering from the protocols' callbacks (round robin, pooled
   upstream connections, X-Forwarded-For appended, no task per request). The floor is what
   this machine can do in Python with none of foobar's rules; foobar's CPU per request is
-  judged against it.
+  judged against it. The file tests have a floor too, `loadtests/bench/file_floor.py`:
+  each file's head serialised once, a small file answered from memory, a larger one with
+  one sendfile(2), the Date made once a second. No target is set against it; its rows say
+  how much of the gap to nginx is Python's own.
 - **The peers do foobar's work.** HAProxy: `option forwardfor`, X-Forwarded-Proto set, a
   response header added (foobar.lb adds X-Foobar-LB). nginx: `proxy_set_header` for
   X-Forwarded-For/-Proto/-Host and X-Real-IP, `add_header` (foobar.web adds X-Foobar-Web and

@@ -1,6 +1,7 @@
 """Side-by-side benchmarks: foobar.lb against HAProxy and the floor, foobar.web against
-nginx (and the floor for proxying), the full path, measured in one run on this machine in
-alternating rounds; the method is written out in report.py and in the report itself.
+nginx and Python's floors (floor.py proxying, file_floor.py serving files), the full path,
+measured in one run on this machine in alternating rounds; the method is written out in
+report.py and in the report itself.
 
     python -m loadtests.bench.run [--seconds S] [--rounds R] [--only TEST,...] [--smoke]
                                   [--out FILE]
@@ -249,9 +250,11 @@ class Bench:
             contenders = [Contender(FOOBAR, web, port)]
             if test == WEB_1K:
                 contenders.append(Contender(LOGGED, web, port, access_log=True))
-            contenders.append(
-                Contender(NGINX, self.nginx(peers.nginx_files(port, self.site)), port)
-            )
+            floor = python("loadtests.bench.file_floor", f"127.0.0.1:{port}", str(self.site))
+            contenders += [
+                Contender(FLOOR, floor, port),
+                Contender(NGINX, self.nginx(peers.nginx_files(port, self.site)), port),
+            ]
             self.run_test(test, contenders, path)
 
     def idle_connections(self, count: int) -> str:
