@@ -554,8 +554,8 @@ class ResponseParser(_Parser):
     def on_headers_complete(self) -> None:
         self._in_head = False
         pending = self._pending
-        # the version checked on the status line: llhttp's accessor formats a string (2k
-        # instructions); it refuses the versions that are not 1.0 or 1.1
+        # the version checked on the status line (llhttp's accessor formats a string, 140
+        # ns here); llhttp is asked for the versions that are not 1.0 or 1.1, to refuse them
         if pending[:8] not in _STATUS_LINE_VERSIONS:
             self._checked_version()
         end = pending.find(b"\r\n\r\n") + 4
