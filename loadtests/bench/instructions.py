@@ -6,7 +6,7 @@ not the kernel's share (the same read and write calls for foobar and the floor).
 
     python -m loadtests.bench.instructions lb web floor      # N=2000 requests each
     python -m loadtests.bench.instructions lb-tcp haproxy-tcp # the balancer's tcp mode
-    python -m loadtests.bench.instructions file              # foobar.web serving 1 KiB
+    python -m loadtests.bench.instructions file file-floor   # foobar.web, Python's floor: 1 KiB
     python -m loadtests.bench.instructions rules             # the floor with lb's rules
     ACCESS_LOG=true python -m loadtests.bench.instructions lb # with foobar's access log on
     BROWSER=true python -m loadtests.bench.instructions lb    # a browser's 12 fields, not wrk's 1
@@ -17,7 +17,8 @@ request for both, `strace -c`) is not in it.
 
 Each server runs under callgrind behind two nginx backends answering "ok"; 200 requests
 warm the pools, the counters are zeroed, N requests go over 10 keep-alive connections,
-and the counters are dumped. `file` is foobar.web answering GET /1k.bin from its root.
+and the counters are dumped. `file` is foobar.web answering GET /1k.bin from its root,
+`file-floor` loadtests/bench/file_floor.py answering the same.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from loadtests.bench.run import ROOT, free_port, wait_port
 REQUESTS = int(os.environ.get("N", "2000"))
 ACCESS_LOG = os.environ.get("ACCESS_LOG", "false")  # foobar's, off unless asked for
 CONNECTIONS = 10
-PATHS = {"web": b"/api/x", "file": b"/1k.bin"}
+PATHS = {"web": b"/api/x", "file": b"/1k.bin", "file-floor": b"/1k.bin"}
 # BROWSER=true: the fields a browser sends with a page's request (wrk sends only Host)
 BROWSER_FIELDS = (
     b"Connection: keep-alive\r\n"
@@ -72,7 +73,11 @@ def command(server: str, port: int, backends: list[int], root: Path) -> list[str
         return [*python, "foobar.web", *arguments, "--upstream", upstreams[0]]
     if server in ("floor", "rules"):
         return [*python, f"loadtests.bench.{server}", f"127.0.0.1:{port}", *upstreams]
-    raise SystemExit(f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web, file, floor or rules")
+    if server == "file-floor":
+        return [*python, "loadtests.bench.file_floor", f"127.0.0.1:{port}", str(root)]
+    raise SystemExit(
+        f"unknown server {server}: lb, lb-tcp, haproxy-tcp, web, file, file-floor, floor or rules"
+    )
 
 
 async def client(port: int, path: bytes, count: int) -> None:
