@@ -23,7 +23,18 @@ from foobar.up import free_base_port
 from loadtests.bench import file_floor, floor, instructions, peers, report, rules
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
 from loadtests.bench.run import destination
-from loadtests.bench.verdicts import FLOOR, FOOBAR, LB_HTTP, NGINX, WEB_1K, Target, judge, verdicts
+from loadtests.bench.verdicts import (
+    FLOOR,
+    FOOBAR,
+    LB_HTTP,
+    NGINX,
+    WEB_1K,
+    WEB_1M,
+    Target,
+    floor_verdicts,
+    judge,
+    verdicts,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -181,6 +192,22 @@ def test_per_round_ratios_pair_each_round_and_only_measured_targets_are_judged()
     assert found[0].bar == ">= 0.70x"
     full = [result(20, 1, load_busy=0.95)]
     assert verdicts({WEB_1K: {FOOBAR: full, NGINX: peer[:1]}})[0].bar == "<= 1.43x"
+
+
+def test_the_floors_are_held_to_foobars_bars_against_the_peers_only() -> None:
+    """A reference beside the verdicts: the floor against nginx with the 1 MiB file's bar;
+    never a bar foobar is held to against the floor itself (lb http's 1.5x)."""
+    saturated = [result(1_000, 100, load_busy=0.99)]
+    results = {
+        WEB_1M: {FOOBAR: [result(1_000, 140, 0.99)], FLOOR: saturated, NGINX: [result(1, 90)]},
+        LB_HTTP: {FOOBAR: [result(1, 30)], FLOOR: [result(1, 20)]},
+    }
+    [floor] = floor_verdicts(results)
+    assert str(floor.target) == f"{WEB_1M}: floor CPU/request <= 1.2x nginx"
+    assert floor.ratio == pytest.approx(100 / 90) and floor.met
+    assert [v.met for v in verdicts(results)] == [True, False]  # lb vs floor, 1 MiB vs nginx
+    text = report.verdict_table(floor_verdicts(results))[2]
+    assert text.startswith(f"| {WEB_1M}: floor CPU/request <= 1.2x nginx | CPU per request |")
 
 
 def test_only_a_full_run_replaces_the_published_report() -> None:
@@ -450,3 +477,4 @@ async def test_benchmark_harness_runs_without_errors() -> None:
     assert text.count("| lb http mode: foobar ") == 2
     assert "| lb tcp mode: foobar CPU/request <= 1.1x haproxy |" in text
     assert "| web 1 KiB file: foobar, access log on throughput >= 0.9x foobar |" in text
+    assert "| web 1 MiB file: floor CPU/request <= 1.2x nginx |" in text  # a reference

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from loadtests.bench.measure import SATURATED, Result
@@ -120,4 +120,16 @@ def verdicts(results: dict[str, dict[str, list[Result]]]) -> list[Verdict]:
         judge(target, rows[target.ours], rows[target.peer])
         for target in TARGETS
         if (rows := results.get(target.test)) and target.ours in rows and target.peer in rows
+    ]
+
+
+def floor_verdicts(results: dict[str, dict[str, list[Result]]]) -> list[Verdict]:
+    """Python's floor held to foobar's bars against the peers, where the test ran it: a
+    reference, not a target. Where the floor misses a bar, that run asked more than this
+    machine does in Python; where it meets one foobar misses, the gap is foobar's."""
+    return [
+        judge(replace(target, ours=FLOOR), rows[FLOOR], rows[target.peer])
+        for target in TARGETS
+        if target.ours == FOOBAR and target.peer != FLOOR
+        if (rows := results.get(target.test)) and FLOOR in rows and target.peer in rows
     ]
