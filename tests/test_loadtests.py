@@ -349,8 +349,10 @@ async def test_the_file_floor_serves_files_whole_on_one_connection(tmp_path: Pat
     address = server.sockets[0].getsockname()
     reader, writer = await asyncio.open_connection(*address)
 
-    async def get(target: bytes, fields: bytes = b"") -> tuple[bytes, bytes]:
-        writer.write(b"GET %s HTTP/1.1\r\nHost: bench\r\n%s\r\n" % (target, fields))
+    async def get(
+        target: bytes, fields: bytes = b"", method: bytes = b"GET "
+    ) -> tuple[bytes, bytes]:
+        writer.write(b"%s%s HTTP/1.1\r\nHost: bench\r\n%s\r\n" % (method, target, fields))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
         return head, await asyncio.wait_for(reader.readexactly(length), 5)
@@ -361,6 +363,10 @@ async def test_the_file_floor_serves_files_whole_on_one_connection(tmp_path: Pat
             assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == small
             assert b'ETag: "' in head and b"\r\nDate: " in head
             assert (await get(b"/big.bin"))[1] == large
+        writer.write(b"GET /1k")  # a target cut between two reads
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        assert (await get(b".bin", method=b""))[1] == small
         assert (await get(b"/nothing"))[0].startswith(b"HTTP/1.1 404 Not Found\r\n")
         assert (await get(b"/../secret"))[0].startswith(b"HTTP/1.1 404 Not Found\r\n")
         head, body = await get(b"/1k.bin", b"Connection: close\r\n")

@@ -77,6 +77,7 @@ class Client(asyncio.Protocol):
     def __init__(self, files: Files) -> None:
         self.files = files
         self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -89,10 +90,11 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
     def on_url(self, url: bytes) -> None:
-        self.url = url
+        self.url += url  # in pieces when it spans two reads
 
     def on_message_complete(self) -> None:
         head, body, size = self.files.find(self.url.partition(b"?")[0])
+        self.url = b""
         head += self.files.date_field()
         if isinstance(body, bytes):
             self.transport.write(head + body)
