@@ -100,14 +100,20 @@ class Client(asyncio.Protocol):
             self.transport.write(head + body)
         else:
             self.transport.write(head)
-            offset = 0
-            try:
-                while offset < size:  # loopback takes a MiB at once
-                    offset += os.sendfile(self.socket, body, offset, size - offset)
-            except BlockingIOError:  # the socket is full: the transport sends the rest
-                self.transport.write(os.pread(body, size - offset, offset))
+            self._send_file(body, size)
         if not self.parser.should_keep_alive():
             self.transport.close()
+
+    def _send_file(self, fd: int, size: int) -> None:
+        offset = 0
+        try:
+            # sendfile(2) only while the transport holds nothing it would send after it
+            while offset < size and not self.transport.get_write_buffer_size():
+                offset += os.sendfile(self.socket, fd, offset, size - offset)
+        except BlockingIOError:
+            pass
+        if offset < size:  # the socket is full (loopback takes a MiB at once)
+            self.transport.write(os.pread(fd, size - offset, offset))
 
 
 async def serve(bind: str, root: str) -> asyncio.Server:
