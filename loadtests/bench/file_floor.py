@@ -108,8 +108,13 @@ class Client(asyncio.Protocol):
         offset = 0
         try:
             # sendfile(2) only while the transport holds nothing it would send after it
-            while offset < size and not self.transport.get_write_buffer_size():
-                offset += os.sendfile(self.socket, fd, offset, size - offset)
+            # (0 sent: the file shrank, and what is left of it goes below)
+            while (
+                offset < size
+                and not self.transport.get_write_buffer_size()
+                and (sent := os.sendfile(self.socket, fd, offset, size - offset))
+            ):
+                offset += sent
         except BlockingIOError:
             pass
         if offset < size:  # the socket is full (loopback takes a MiB at once)

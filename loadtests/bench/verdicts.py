@@ -114,11 +114,13 @@ def judge(target: Target, ours: Sequence[Result], peer: Sequence[Result]) -> Ver
     return Verdict(target, on, ratio, Spread.of(per_round), limit, met)
 
 
-def verdicts(results: dict[str, dict[str, list[Result]]]) -> list[Verdict]:
+def verdicts(
+    results: dict[str, dict[str, list[Result]]], targets: Sequence[Target] = TARGETS
+) -> list[Verdict]:
     """The verdict on every target whose two rows were measured."""
     return [
         judge(target, rows[target.ours], rows[target.peer])
-        for target in TARGETS
+        for target in targets
         if (rows := results.get(target.test)) and target.ours in rows and target.peer in rows
     ]
 
@@ -127,9 +129,5 @@ def floor_verdicts(results: dict[str, dict[str, list[Result]]]) -> list[Verdict]
     """Python's floor held to foobar's bars against the peers, where the test ran it: a
     reference, not a target. Where the floor misses a bar, that run asked more than this
     machine does in Python; where it meets one foobar misses, the gap is foobar's."""
-    return [
-        judge(replace(target, ours=FLOOR), rows[FLOOR], rows[target.peer])
-        for target in TARGETS
-        if target.ours == FOOBAR and target.peer != FLOOR
-        if (rows := results.get(target.test)) and FLOOR in rows and target.peer in rows
-    ]
+    against_peers = [t for t in TARGETS if t.ours == FOOBAR and t.peer != FLOOR]
+    return verdicts(results, [replace(target, ours=FLOOR) for target in against_peers])
