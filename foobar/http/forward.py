@@ -295,7 +295,12 @@ class Forwarder(Generic[T]):
         exchange.started = time.monotonic()
         head = request.head
         raw = request.raw
-        if raw is not None and head.relayable and head.version == "1.1":
+        if (
+            raw is not None
+            and head.relayable
+            and head.version == "1.1"
+            and raw.find(b"\r\n\r\n") == len(raw) - 4  # no empty line before or after it
+        ):
             # as received, with the forwarding fields added (the common case, inline)
             if head.plain_connection is not None:
                 raw = _without_field(raw, head.plain_connection)

@@ -136,8 +136,11 @@ class Request:
     ) -> None:
         self.head = head
         self.body = RequestBody(head, connection) if body is None else body
-        # The head as received, when it came alone in one read (the fast path's common
-        # case): a proxy passes it on as it is instead of rebuilding it field by field.
+        # The read that brought the head, when it held nothing of another message (the
+        # fast path's common case): the head as received, give or take the empty lines
+        # llhttp skips around one. A proxy passes it on as it is instead of rebuilding it
+        # field by field, once it has ruled those lines out (a search that requests
+        # answered otherwise, a file's, need not pay for).
         self.raw = raw
         # what a proxying handler tells the access log, formatted only if logged
         self.upstream: UpstreamLog | None = None
@@ -443,13 +446,8 @@ class Connection(FlowControlled):
             and self.drain_waiter is None
             and not self.state.closing
         ):
-            # the read held just this request's head: a proxy may pass it on as it is
-            alone = (
-                read_starts_message
-                and len(events) == 2
-                and not parser.in_message
-                and data.find(b"\r\n\r\n") == len(data) - 4  # no CRLF before or after it
-            )
+            # the read held just this request's message: a proxy may pass it on as it is
+            alone = read_starts_message and len(events) == 2 and not parser.in_message
             if self._offer(events[0], data if alone else None):
                 if len(events) == 2 or self.closed:
                     return
@@ -459,7 +457,7 @@ class Connection(FlowControlled):
 
     def _offer(self, head: Event, raw: bytes | None) -> bool:
         """Offer a request without a body that arrived while the connection was idle to
-        the fast handler; True when it took it. `raw`: its head as received."""
+        the fast handler; True when it took it. `raw`: see Request.raw."""
         fast_handler = self.server.fast_handler
         assert isinstance(head, RequestHead) and fast_handler is not None
         request = self._direct = Request(head, self, NO_BODY, raw)

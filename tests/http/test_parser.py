@@ -1,12 +1,15 @@
 """The response parser's short path for a whole answer (`ResponseParser.whole`): it reads
-what `feed` reads, and leaves everything else to `feed` with nothing changed."""
+what `feed` reads, and leaves everything else to `feed` with nothing changed. The request
+parser's version, inferred from llhttp's keep-alive where that tells it."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
 from foobar.http.errors import ProtocolError
-from foobar.http.parser import END, ResponseHead, ResponseParser
+from foobar.http.parser import END, RequestHead, RequestParser, ResponseHead, ResponseParser
 
 HEAD = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n"
 
@@ -102,3 +105,39 @@ def test_after_a_read_left_to_feed_the_next_whole_answer_takes_the_short_path() 
         type(END),
     ]
     assert parser.whole(answer) == fed(answer)
+
+
+# the fields llhttp reads for keep-alive (Proxy-Connection among them), and others
+CONNECTION_FIELDS = [
+    b"Connection: keep-alive",
+    b"Connection: close",
+    b"connection: Keep-Alive",
+    b"Proxy-Connection: keep-alive",
+    b"Proxy-Connection: close",
+    b"Keep-Alive: 300",
+    b"Connection: upgrade",
+    b"TE: trailers",
+    b"Content-Length: 0",
+    b"X-Other: close",
+]
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+def test_a_requests_version_is_read_whatever_its_connection_fields(version: bytes) -> None:
+    """The version comes from llhttp's keep-alive for a request with no Connection field
+    (kept alive: 1.1) and from llhttp's accessor for the rest: both give the version sent."""
+    for count in range(3):
+        for fields in itertools.combinations(CONNECTION_FIELDS, count):
+            data = b"GET / HTTP/%s\r\nHost: a\r\n%s\r\n" % (
+                version,
+                b"".join(field + b"\r\n" for field in fields),
+            )
+            head = RequestParser().feed(data)[0]
+            assert isinstance(head, RequestHead)
+            assert head.version == version.decode(), data
+
+
+@pytest.mark.parametrize("version", [b"0.9", b"2.0"])
+def test_a_version_other_than_1_0_and_1_1_is_still_refused(version: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        RequestParser().feed(b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % version)

@@ -109,6 +109,36 @@ async def test_the_client_connection_field_stays_with_the_client(
     assert names == [*forwarded, b"X-Forwarded-For", b"X-Forwarded-Proto"]
 
 
+async def test_empty_lines_around_a_request_stay_with_the_client(start_lb: StartLb) -> None:
+    """llhttp skips empty lines before a request line (RFC 9112 §2.2); a head that came
+    with them in one read is rebuilt, not passed on as received with them."""
+    received: list[bytes] = []
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            received.append(data)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    upstream = await asyncio.start_server(backend, "127.0.0.1", 0)
+    try:
+        port = upstream.sockets[0].getsockname()[1]
+        lb = await start_lb(**lb_fields(f"a=127.0.0.1:{port}", check=None))
+        client = await RawClient.connect(address_of(lb))
+        for request in [
+            b"\r\nGET /a HTTP/1.1\r\nHost: www\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: www\r\n\r\n\r\n",
+            b"GET /c HTTP/1.1\r\nHost: www\r\n\r\n",
+        ]:
+            await client.send(request)
+            status, _, body = await client.response()
+            assert (status, body) == (200, b"ok")
+        assert [data[:7] for data in received] == [b"GET /a ", b"GET /b ", b"GET /c "]
+        assert all(data.count(b"\r\n\r\n") == 1 for data in received), received
+        assert all(data.endswith(b"\r\n\r\n") for data in received), received
+    finally:
+        upstream.close()
+
+
 async def test_backend_killed_under_load(start_lb: StartLb, backends) -> None:  # type: ignore[no-untyped-def]
     started = [await backends(name) for name in ("a", "b", "c")]
     lb = await start_lb(**lb_fields(*(f"{b.name}={b.address}" for b in started)))
