@@ -424,39 +424,21 @@ class RequestParser(_Parser):
 
 
 class _WholeAnswer:
-    """The llhttp run behind `ResponseParser.whole`: messages begun, and the last one's
-    keep-alive, which llhttp forgets once the message is complete."""
+    """The llhttp run behind `ResponseParser.whole`: the body it read, and the last
+    message's keep-alive, which llhttp forgets once the message is complete."""
 
-    __slots__ = ("_parser", "begun", "keep_alive")
+    __slots__ = ("body", "keep_alive", "parser")
 
     def __init__(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        self.begun = 0
+        self.parser = httptools.HttpResponseParser(self)
+        self.body = b""
         self.keep_alive: bool | None = None  # None until a message completes
 
-    def read(self, data: bytes, end: int) -> tuple[int, bytes, bytes, bool] | None:
-        """(status, head, body, keep-alive) when llhttp reads `data` as one complete
-        final answer (its head `end` bytes long) and nothing after it but the empty
-        lines it skips (`whole` checks the length rules those out)."""
-        self.begun, self.keep_alive = 0, None
-        try:
-            self._parser.feed_data(data)
-        except _STOPS:
-            self._parser = httptools.HttpResponseParser(self)  # it stopped: start anew
-            return None
-        keep_alive = self.keep_alive
-        status = self._parser.get_status_code()
-        # (a 101 never gets here: llhttp stops at it, as at an upgrade)
-        if keep_alive is None or self.begun != 1 or status < 200:
-            self._parser = httptools.HttpResponseParser(self)  # mid-message, or spent
-            return None
-        return status, data[:end], data[end:], keep_alive
-
-    def on_message_begin(self) -> None:
-        self.begun += 1
+    def on_body(self, body: bytes) -> None:
+        self.body = body  # once: a length-framed body in one read is one span
 
     def on_message_complete(self) -> None:
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 def _until_close(head: ResponseHead) -> bool:
@@ -493,13 +475,12 @@ class ResponseParser(_Parser):
         self._whole = _WholeAnswer()
 
     def whole(self, data: bytes) -> tuple[int, bytes, bytes, bool] | None:
-        """`data` read as one whole final answer framed by its Content-Length, with
-        nothing before or after it: (status, head, body, keep-alive), the head as received
-        with its empty line. None when it is not one (part of one, chunked, interim, to
-        HEAD, after an unfinished message, malformed...): `feed(data)` then reads it, with
-        no state changed. The common answer of a keep-alive upstream, read with llhttp and
-        two callbacks instead of `feed`'s four and a head object: the same checks, made
-        on the bytes (llhttp refused two Content-Lengths, one with Transfer-Encoding)."""
+        """`data` read as one whole final answer with nothing before or after it:
+        (status, head, body, keep-alive), the head as received with its empty line. None
+        when it is not one (part of one, chunked, interim, to HEAD, after an unfinished
+        message, malformed...): `feed(data)` then reads it, with no state changed. The
+        common answer of a keep-alive upstream, read by llhttp with two callbacks instead
+        of `feed`'s four and a head object, and the same checks made on the bytes."""
         if self.in_message or self._head_response or data[:8] not in _STATUS_LINE_VERSIONS:
             return None
         end = data.find(b"\r\n\r\n") + 4
@@ -509,17 +490,26 @@ class ResponseParser(_Parser):
             data.count(b"\r\n", 0, end) - 2 > self.max_header_fields
         ):
             return None
-        # framed by Content-Length as servers spell it (other spellings take the long way:
-        # a regex that ignores case costs 4k instructions)
-        field = data.find(b"\r\nContent-Length:", 0, end) + 17
-        if field == 16:
+        answer = self._whole
+        answer.body, answer.keep_alive = b"", None
+        try:
+            answer.parser.feed_data(data)
+        except _STOPS:
+            answer.parser = httptools.HttpResponseParser(answer)  # it stopped: start anew
             return None
-        whole = self._whole.read(data, end)
-        # llhttp read the length's digits, one message, and nothing but empty lines after
-        # it; the length says those are not there either
-        if whole is None or end + int(data[field : data.find(b"\r", field)]) != len(data):
+        body = answer.body
+        # A message ended, and its body (if any) is the rest of the read: so nothing came
+        # after it, not even the empty lines llhttp skips, and it was length-framed (a
+        # chunked body's framing makes the read longer). (A 101 never gets here: llhttp
+        # stops at it, as at an upgrade.)
+        if (
+            answer.keep_alive is None
+            or end + len(body) != len(data)
+            or (status := answer.parser.get_status_code()) < 200
+        ):
+            answer.parser = httptools.HttpResponseParser(answer)  # mid-message, or spent
             return None
-        return whole
+        return status, data[:end], body, answer.keep_alive
 
     def _new_parser(self) -> httptools.HttpResponseParser:
         return httptools.HttpResponseParser(self)

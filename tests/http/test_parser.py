@@ -30,6 +30,9 @@ def fed(data: bytes) -> tuple[int, bytes, bytes, bool]:
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.0 404 Not Found\r\nConnection: keep-alive\r\nContent-Length:  2 \r\n\r\nno",
         b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nServer: nginx\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",  # spelled as some servers do
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n",  # no body, whatever it says
     ],
 )
 def test_a_whole_answer_is_read_as_feed_reads_it(answer: bytes) -> None:
@@ -47,9 +50,10 @@ def test_a_whole_answer_is_read_as_feed_reads_it(answer: bytes) -> None:
         HEAD + b"\r\nokHTTP/1.1 200 OK\r\n",  # and the start of another
         HEAD + b"\r\nok\r\n",  # and more bytes
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",  # spelled otherwise: feed reads it
         b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 0\r\n\r\n",
-        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n",  # no body, whatever it says
+        b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD + b"\r\nok",  # an interim answer before it
+        b"HTTP/1.1 204 No Content\r\n\r\n" + HEAD + b"\r\nok",  # two answers
+        b"HTTP/1.1 200 OK\r\n\r\nok",  # delimited by the connection's close
         b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
     ],
 )
