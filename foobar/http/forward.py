@@ -64,6 +64,9 @@ _HOP_BY_HOP_FIELD: Final = re.compile(
 )
 
 
+_CRLF: Final = b"\r\n"
+
+
 class Target(Protocol):
     """A server a route sends to: its connection pool, and its name in the access log."""
 
@@ -299,7 +302,10 @@ class Forwarder(Generic[T]):
             raw is not None
             and head.relayable
             and head.version == "1.1"
-            and raw.find(b"\r\n\r\n") == len(raw) - 4  # no empty line before or after it
+            # no empty line before or after it (llhttp skips CRs and LFs around a request,
+            # and a head's last field line ends in neither): two bytes read, not a search
+            and raw[0] not in _CRLF
+            and raw[-5] not in _CRLF
         ):
             # as received, with the forwarding fields added (the common case, inline)
             if head.plain_connection is not None:
