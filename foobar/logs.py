@@ -77,13 +77,12 @@ class AccessLog:
         """The servers' `on_response` hook: one request's line (see the module's
         docstring), `now` being the loop's time (loop.time()) as its answer ended. The
         line's time is then, as nginx's `$time_local` is the time it logs."""
-        head = request.head
-        referer, user_agent = head.referer, head.user_agent
+        referer, user_agent = request.referer, request.user_agent
         milliseconds = floor(duration * 1000 + 0.5)  # durations are never negative
         line = (
             f"{request.client[0]} - - "
             f"[{self._second if now < self._second_ends else self._tick(now)}] "
-            f'"{head.method} {head.target.decode("latin-1")} HTTP/{head.version}" '
+            f'"{request.method} {request.target.decode("latin-1")} HTTP/{request.version}" '
             f"{_STATUS_CODES.get(status) or status} "
             f"{_NUMBERS[sent] if sent < _NUMBERS_MAX else sent} "
             f"{_ABSENT if referer is None else _QUOTED.get(referer) or _quoted(referer)} "

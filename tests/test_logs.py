@@ -11,7 +11,7 @@ import time
 import pytest
 
 from foobar import logs
-from foobar.http.parser import RequestHead, RequestParser
+from foobar.http.parser import RequestParser
 from foobar.http.server import Request
 
 
@@ -48,12 +48,12 @@ def logged(request: Request, status: int, sent: int, seconds: float, now: float 
 
 
 def test_access_line_is_combined_format_plus_times() -> None:
-    head = RequestParser().feed(
+    head = RequestParser(head_type=Request).feed(
         b"GET /api/posts?limit=2 HTTP/1.1\r\nHost: a\r\nReferer: http://x/\r\n"
         b'User-Agent: curl/8 "quoted"\r\n\r\n'
     )[0]
-    assert isinstance(head, RequestHead)
-    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    assert isinstance(head, Request)
+    request = head.bind(FakeConnection())  # type: ignore[arg-type]
     request.upstream = ("10.0.0.3:8000", 201, 0.0026)
     before = logs.local_time(time.time())
     line = logged(request, 200, 512, 0.0042)
@@ -75,8 +75,8 @@ def test_access_line_is_combined_format_plus_times() -> None:
 
 
 def test_the_time_is_read_once_a_second_of_the_loops_clock() -> None:
-    head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
-    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    head = Request("GET", b"/", "1.1", [], True, False, None, False)
+    request = head.bind(FakeConnection())  # type: ignore[arg-type]
     stream = io.StringIO()
     log = logs.AccessLog(stream)
     log.record(request, 200, 0, 0.0, 100.0)
@@ -89,14 +89,18 @@ def test_the_time_is_read_once_a_second_of_the_loops_clock() -> None:
 
 
 def test_quoted_fields_are_escaped_and_remembered() -> None:
-    head = RequestParser().feed(b'GET / HTTP/1.1\r\nHost: a\r\nReferer: a\\b"c\r\n\r\n')[0]
-    assert isinstance(head, RequestHead)
-    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    head = RequestParser(head_type=Request).feed(
+        b'GET / HTTP/1.1\r\nHost: a\r\nReferer: a\\b"c\r\n\r\n'
+    )[0]
+    assert isinstance(head, Request)
+    request = head.bind(FakeConnection())  # type: ignore[arg-type]
     assert '"a\\\\b\\"c" "-" rt=' in logged(request, 200, 0, 0.0)
     assert logs._QUOTED[b'a\\b"c'] == '"a\\\\b\\"c"'
-    empty = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent:\r\n\r\n")[0]
-    assert isinstance(empty, RequestHead)
-    assert '" 200 0 "-" "-" rt=' in logged(Request(empty, FakeConnection()), 200, 0, 0.0)  # type: ignore[arg-type]
+    empty = RequestParser(head_type=Request).feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent:\r\n\r\n"
+    )[0]
+    assert isinstance(empty, Request)
+    assert '" 200 0 "-" "-" rt=' in logged(empty.bind(FakeConnection()), 200, 0, 0.0)  # type: ignore[arg-type]
     for number in range(logs._QUOTED_MAX + 1):  # a full table starts again
         logs._quoted(b"%d" % number)
     assert len(logs._QUOTED) <= logs._QUOTED_MAX
@@ -106,8 +110,8 @@ def test_quoted_fields_are_escaped_and_remembered() -> None:
     "seconds", [0.0, 0.0004, 0.0005, 0.0015, 0.1234, 0.9994, 0.9996, 1.0, 7.25]
 )
 def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
-    head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
-    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    head = Request("GET", b"/", "1.1", [], True, False, None, False)
+    request = head.bind(FakeConnection())  # type: ignore[arg-type]
     request.upstream = ("10.0.0.3:8000", 200, seconds)
     line = logged(request, 200, 0, seconds)
     assert line.endswith(f" rt={seconds:.3f} ua=10.0.0.3:8000 us=200 urt={seconds:.3f}")
@@ -119,8 +123,8 @@ def test_times_are_logged_as_nginx_formats_them(seconds: float) -> None:
 def test_codes_and_sizes_are_logged_as_numbers(status: int, sent: int) -> None:
     """Codes with three digits, as nginx's %03ui writes them (an upstream's 099 is 99 to
     llhttp)."""
-    head = RequestHead("GET", b"/", "1.1", [], True, False, None, False)
-    request = Request(head, FakeConnection())  # type: ignore[arg-type]
+    head = Request("GET", b"/", "1.1", [], True, False, None, False)
+    request = head.bind(FakeConnection())  # type: ignore[arg-type]
     assert f'" {status:03d} {sent} "-" "-" rt=' in logged(request, status, sent, 0.0)
 
 

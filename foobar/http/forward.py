@@ -94,7 +94,8 @@ class Route(Protocol[T]):
 
     def pick_now(self, exchange: ProxyExchange[T]) -> T | None:
         """The fast path's target, its slot taken, without waiting. None hands the
-        request to the task path, whose `pick` waits or says why not."""
+        request to the task path, whose `pick` waits or says why not. The attempt's
+        start, `exchange.started`, is set: the route's clock reading for it."""
         ...
 
     async def pick(self, exchange: ProxyExchange[T]) -> T:
@@ -156,8 +157,8 @@ class ProxyExchange(Generic[T]):
     @property
     def replayable(self) -> bool:
         """May the request be sent again once it has reached a server?"""
-        head = self.request.head
-        return head.method in IDEMPOTENT and not head.has_body
+        request = self.request
+        return request.method in IDEMPOTENT and not request.has_body
 
     # the fast path, called back by the upstream connection (see UpstreamPool.send_now)
 
@@ -193,7 +194,6 @@ class ProxyExchange(Generic[T]):
         fast path with the target it chose and, if it got that far, the connection it
         sent on (`sent`)."""
         route = self.forwarder.route
-        head = request.head
         while True:
             target = self.target
             if target is None:
@@ -206,11 +206,11 @@ class ProxyExchange(Generic[T]):
                 self.started = time.monotonic()
             try:
                 response = await target.pool.request(
-                    head.method,
-                    head.target,
+                    request.method,
+                    request.target,
                     self.forwarder.request_fields(request),
-                    request.body if head.has_body else None,
-                    head.content_length,
+                    request.body if request.has_body else None,
+                    request.content_length,
                     sent=connection,
                 )
             except UpstreamError as exc:
@@ -292,30 +292,29 @@ class Forwarder(Generic[T]):
 
     def answer_now(self, request: Request) -> bool:
         exchange = ProxyExchange(self, request)
+        exchange.started = time.monotonic()
         target = exchange.target = self.route.pick_now(exchange)
         if target is None:
             return False
-        exchange.started = time.monotonic()
-        head = request.head
         raw = request.raw
         if (
             raw is not None
-            and head.relayable
-            and head.version == "1.1"
+            and request.relayable
+            and request.version == "1.1"
             # no empty line before or after it (llhttp skips CRs and LFs around a request,
             # and a head's last field line ends in neither): two bytes read, not a search
             and raw[0] not in _CRLF
             and raw[-5] not in _CRLF
         ):
             # as received, with the forwarding fields added (the common case, inline)
-            if head.plain_connection is not None:
-                raw = _without_field(raw, head.plain_connection)
+            if request.plain_connection is not None:
+                raw = _without_field(raw, request.plain_connection)
             relayed = b"".join(
                 (raw[:-2], request.forwarding_fields, self.route.request_fields(request), b"\r\n")
             )
-            target.pool.send_now(exchange, head.method, relayed)
+            target.pool.send_now(exchange, request.method, relayed)
         else:
-            target.pool.send_now(exchange, head.method, self.rebuilt_head(request))
+            target.pool.send_now(exchange, request.method, self.rebuilt_head(request))
         return True
 
     async def handle(self, request: Request) -> Response:
@@ -325,13 +324,14 @@ class Forwarder(Generic[T]):
         """The request's head as it goes upstream, rebuilt from its fields: when the
         client did not send it in one piece as HTTP/1.1, or something in it has to
         change (otherwise it goes as received, with the route's fields added)."""
-        head = request.head
-        return request_bytes(head.method, head.target, self.request_fields(request), None, None)
+        return request_bytes(
+            request.method, request.target, self.request_fields(request), None, None
+        )
 
     def request_fields(self, request: Request) -> hdrs.Headers:
         """The request's fields as they go upstream, built from its field list:
         end-to-end ones, X-Forwarded-For appended to, the route's replaced."""
-        fields = hdrs.forwarding(request.head.headers, request.client[0], request.scheme)
+        fields = hdrs.forwarding(request.headers, request.client[0], request.scheme)
         if self.route.replaced_fields:
             fields = hdrs.without(fields, self.route.replaced_fields)
         fields += hdrs.parse_lines(self.route.request_fields(request))

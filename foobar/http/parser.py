@@ -265,7 +265,10 @@ class RequestParser(_Parser):
         self,
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_header_fields: int = MAX_HEADER_FIELDS,
+        head_type: type[RequestHead] = RequestHead,
     ) -> None:
+        # what the heads are made as: a server's parser makes its requests (a subclass)
+        self._head_type = head_type
         self._fed = 0  # bytes given to the current feed()
         self._valid_host: bytes | None = None  # the last Host checked: most repeat it
         super().__init__(max_header_bytes, max_header_fields)
@@ -306,7 +309,7 @@ class RequestParser(_Parser):
         self._in_head = self.in_message = True
         # made without the dataclass's __init__ (a call frame less per request); every
         # field without a default is set by on_headers_complete
-        head = self._head = _new_object(RequestHead)
+        head = self._head = _new_object(self._head_type)
         head.relayable = True
         self._target = b""
         self._headers = []

@@ -108,7 +108,7 @@ class HttpFrontend:
             if sticky is not None:
                 backend.take(sticky)
                 return sticky
-        return backend.take_now(exchange.request)
+        return backend.take_now(exchange.request, exchange.started)
 
     async def pick(self, exchange: ProxyExchange[Server]) -> Server:
         backend, sticky = self.plan(exchange)
@@ -212,7 +212,7 @@ class HttpFrontend:
     def redirect(self, request: Request) -> Response:
         """The plain-HTTP listener's only answer: the same URL on HTTPS. 301 for GET/HEAD,
         308 for other methods, which must not become GETs."""
-        host = (request.head.host or b"").decode("latin-1")
+        host = (request.host or b"").decode("latin-1")
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         port = self.settings.redirect_https_port
         authority = hostname if port == 443 else f"{hostname}:{port}"

@@ -268,13 +268,14 @@ class Backend:
                 if waiter in self._queue:
                     self._queue.remove(waiter)
 
-    def take_now(self, request: RequestInfo) -> Server | None:
+    def take_now(self, request: RequestInfo, now: float) -> Server | None:
         """A server with a free slot, its slot taken, without waiting; None when the
-        request would have to queue, or nothing is up (`acquire()` says which)."""
+        request would have to queue, or nothing is up (`acquire()` says which). `now`:
+        time.monotonic(), as the caller read it."""
         if self._queue:
             return None  # first come, first served: the queue goes before
         turns = self._turns
-        if turns is None or time.monotonic() >= self._turns_until:
+        if turns is None or now >= self._turns_until:
             return self._take_free(None, request, None)
         if not turns or self._slots_limited or self._tell_algorithm:
             return self._take_turn(turns)  # (no server usable: None)

@@ -103,9 +103,11 @@ class UpstreamGroup:
         self.answer_now = self.forwarder.answer_now
         self.handle = self.forwarder.handle
 
-    def usable(self) -> list[Upstream]:
-        """The upstreams not marked down (a list nobody changes: requests keep it)."""
-        now = time.monotonic()
+    def usable(self, now: float | None = None) -> list[Upstream]:
+        """The upstreams not marked down (a list nobody changes: requests keep it), at
+        `now` (time.monotonic(); read here if not given)."""
+        if now is None:
+            now = time.monotonic()
         if now < self._usable_until:
             return self._usable
         self._usable = [upstream for upstream in self.upstreams if upstream.usable(now)]
@@ -137,7 +139,9 @@ class UpstreamGroup:
         return exchange.plan  # type: ignore[return-value]
 
     def pick_now(self, exchange: ProxyExchange[Upstream]) -> Upstream | None:
-        usable = self.usable()  # the plan (a new exchange has none yet)
+        # the plan (a new exchange has none yet), by the clock the fast path read for its
+        # attempt (the task path makes it before its attempt starts: `started` is 0 then)
+        usable = self.usable(exchange.started or None)
         if not usable:
             exchange.plan = (usable, 0)
             return None
@@ -178,7 +182,7 @@ class UpstreamGroup:
     def request_fields(self, request: Request) -> bytes:
         # the last request's, when it came from the same address for the same host (the
         # rule on a keep-alive connection): formatting costs more than the comparison
-        key = (request.client[0], request.head.host)
+        key = (request.client[0], request.host)
         if key != self._fields_for:
             ip, host = key
             real_ip = b"X-Real-IP: %s\r\n" % ip.encode()

@@ -64,7 +64,7 @@ class WebServer:
         can forward at once, answered without a task."""
         # a prefix is a path (settings: no "?"), so the target starts with it when its
         # path does: no split of the target for a proxied request
-        target = request.head.target
+        target = request.target
         if target.startswith(self.prefixes):
             return self.proxy.answer_now(request)
         path = target.partition(b"?")[0]  # (`request.path`, without a property's call)

@@ -316,12 +316,11 @@ class StaticFiles:
         """The head and body of the whole file's 200 for a GET or HEAD of `target_path`
         that asks for no more (no validator, no range): the head serialised in the cache,
         with the Date. None when `serve` must answer. The fast path's common request:
-        written for the fewest steps (`request.head` read directly)."""
-        request_head = request.head
-        method = request_head.method
+        written for the fewest steps."""
+        method = request.method
         if method != "GET" and method != "HEAD":
             return None
-        if request_head.conditional:  # a validator or a range: `serve` answers
+        if request.conditional:  # a validator or a range: `serve` answers
             return None
         try:
             entry = self.entry(target_path)

@@ -205,7 +205,7 @@ def test_backend_plans_turns_and_plans_again_on_every_change() -> None:
     def order(count: int) -> list[str]:
         names = []
         for _ in range(count):
-            server = backend.take_now(RequestKeys("x"))
+            server = backend.take_now(RequestKeys("x"), time.monotonic())
             assert server is not None
             backend.release(server)
             names.append(server.name)
@@ -231,4 +231,4 @@ def test_backend_plans_turns_and_plans_again_on_every_change() -> None:
     for server in backend.servers:
         server.state = "maint"
     for _ in range(3):  # the empty plan made by the first holds for the next
-        assert backend.take_now(RequestKeys("x")) is None
+        assert backend.take_now(RequestKeys("x"), time.monotonic()) is None
