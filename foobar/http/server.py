@@ -139,13 +139,13 @@ class Request(RequestHead):
     upstream: UpstreamLog | None = None
     _fields: dict[bytes, bytes] | None = None  # header() look-ups, made on first use
 
-    def bind(self, connection: Connection, body: RequestBody | None = None) -> Request:
-        """Make this head a request of `connection`'s, its body read from there unless
-        given (the task path's requests; the fast path binds its own inline)."""
+    def bind(self, connection: Connection) -> Request:
+        """Make this head a request of `connection`'s, its body read from there (the task
+        path's requests; the fast path binds its own inline, with no body to read)."""
         self._connection = connection
         self.client = connection.peer
         self.forwarding_fields = connection.forwarding_fields
-        self.body = RequestBody(self, connection) if body is None else body
+        self.body = RequestBody(self, connection)
         return self
 
     @property
@@ -444,7 +444,7 @@ class Connection(FlowControlled):
         the fast handler; True when it took it. `raw`: see Request.raw."""
         fast_handler = self.server.fast_handler
         assert isinstance(head, Request) and fast_handler is not None
-        # bind(self, NO_BODY), inline: the body is the class's default
+        # bind(self), inline, but for the body: the class's default, NO_BODY
         request = self._direct = head
         request._connection = self
         request.client = self.peer
