@@ -125,6 +125,10 @@ class Request(RequestHead):
     # X-Forwarded-For and X-Forwarded-Proto as a proxy adds them to a request that has
     # neither, as field lines: the same for every request on a connection
     forwarding_fields: bytes
+    # the loop's clock (monotonic, as the loop reads it once per iteration) at the read
+    # that completed the head (the task path: when the task took it): the access log
+    # times the answer from it, and a handler answering at once may use it as "now"
+    arrived: float
     # Class-level defaults: a request the fast path takes sets only what differs.
     # The body: none, already complete (NO_BODY, set below once it exists), on the fast
     # path; the task path binds a RequestBody.
@@ -327,7 +331,6 @@ class Connection(FlowControlled):
     __slots__ = (
         "_body_wait_started",
         "_direct",
-        "_direct_since",
         "_error",
         "_handed_over",
         "_head_started",
@@ -377,7 +380,6 @@ class Connection(FlowControlled):
         self._requests = 0
         # the request the fast handler is answering in callbacks (the task sleeps meanwhile)
         self._direct: Request | None = None
-        self._direct_since = 0.0  # loop.time() when it arrived
         self._handed_over: tuple[Request, Handler] | None = None
         # timeouts
         self._timer: asyncio.TimerHandle | None = None
@@ -450,7 +452,7 @@ class Connection(FlowControlled):
         request.client = self.peer
         request.forwarding_fields = self.forwarding_fields
         request.raw = raw
-        self._direct_since = self._last_read
+        request.arrived = self._last_read
         assert self.phase is IDLE  # _enter(DIRECT), inline on the fast path
         self.phase = DIRECT
         try:
@@ -567,18 +569,17 @@ class Connection(FlowControlled):
         handed_over, self._handed_over = self._handed_over, None
         if handed_over is not None and handed_over[0] is head:
             request, handler = handed_over
-            since = self._direct_since
         else:
             request, handler = head.bind(self), self.handler
-            since = self.loop.time()
+            request.arrived = self.loop.time()
         self._enter(TASK)
         try:
-            return await self._answer_request(request, handler, since)
+            return await self._answer_request(request, handler)
         finally:
             if self.phase is TASK:
                 self._enter(IDLE)
 
-    async def _answer_request(self, request: Request, handler: Handler, since: float) -> bool:
+    async def _answer_request(self, request: Request, handler: Handler) -> bool:
         keep_alive = request.keep_alive
         if (
             request.content_length is not None
@@ -604,7 +605,7 @@ class Connection(FlowControlled):
             keep_alive = False
         keep_alive = keep_alive and not self.state.closing
         sent, complete = await self.writer.write(request, response, keep_alive)
-        self._answered(request, response.status, sent, since)
+        self._answered(request, response.status, sent)
         if self.events and self.events[0] is END and not request.body.complete:
             self.pop()  # the end of a bodiless request, already here: no need to wait for it
             request.body.complete = True
@@ -631,10 +632,9 @@ class Connection(FlowControlled):
             return False
         return True
 
-    def _answered(self, request: Request, status: int, sent: int, since: float) -> None:
+    def _answered(self, request: Request, status: int, sent: int) -> None:
         """The bookkeeping after every response, on either path: the keep-alive time
-        counts from here, the response is counted, and the access log hears of it
-        (`since`: when the request's head was complete)."""
+        counts from here, the response is counted, and the access log hears of it."""
         now = self._last_write = self.loop.time()
         self._requests += 1
         counts = self.counts
@@ -642,7 +642,7 @@ class Connection(FlowControlled):
         counts.sent += sent
         on_response = self.server.on_response  # a reload may turn the access log on or off
         if on_response is not None:
-            on_response(request, status, sent, now - since, now)
+            on_response(request, status, sent, now - request.arrived, now)
 
     # the fast path
 
@@ -671,7 +671,7 @@ class Connection(FlowControlled):
         self._direct = None
         assert self.phase is DIRECT  # _enter(IDLE), inline on the fast path
         self.phase = IDLE
-        self._answered(request, status, sent, self._direct_since)
+        self._answered(request, status, sent)
         if not keep_alive:
             self._end()
             return

@@ -66,13 +66,17 @@ _monotonic: Final = time.monotonic
 _DATE_CACHE: list[Any] = [-1.0, b""]
 
 
-def date_field() -> bytes:
+def date_field(now: float | None = None) -> bytes:
     """The Date field line (`Date: ...\r\n`), formatted once a second. The wall clock is
     read only when the second ends: one monotonic read a call (the wall's, turned into
-    a whole second and compared, cost 1.7k instructions a response, 4% of a small file's)."""
+    a whole second and compared, cost 1.7k instructions a response, 4% of a small file's),
+    none when the caller has read it (`now`: a request's `arrived`, the loop's clock for
+    this iteration, as nginx's cached time; the Date then turns with the first request
+    read after the second's end)."""
     # the monotonic clock before the wall's: the second ends no later than it says (read
     # after it, the gap between the reads would serve the old second past its end)
-    now = _monotonic()
+    if now is None:
+        now = _monotonic()
     if now < _DATE_CACHE[0]:
         line: bytes = _DATE_CACHE[1]
         return line

@@ -20,7 +20,6 @@ import email.utils
 import mimetypes
 import os
 import stat
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,9 +206,9 @@ class StaticFiles:
             return None  # a symlink that leads out of the root
         return real
 
-    def entry(self, target_path: bytes) -> Entry:
-        """What a request path names, cached for `cache_valid` seconds. BadTarget for 400."""
-        now = time.monotonic()
+    def entry(self, target_path: bytes, now: float) -> Entry:
+        """What a request path names, cached for `cache_valid` seconds (`now`: the
+        monotonic clock, as the request's `arrived` holds it). BadTarget for 400."""
         entry = self._cache.get(target_path)
         if entry is not None and entry.expires > now:
             return entry
@@ -323,7 +322,7 @@ class StaticFiles:
         if request.conditional:  # a validator or a range: `serve` answers
             return None
         try:
-            entry = self.entry(target_path)
+            entry = self.entry(target_path, request.arrived)
         except BadTarget:
             return None  # `serve` answers it with a 400
         info, head = entry.info, entry.head
@@ -332,16 +331,16 @@ class StaticFiles:
         if info.gzip is not None and accepts_gzip(request.header(b"accept-encoding")):
             info, head = info.gzip, entry.gzip_head
         if method == "HEAD":
-            return head + date_field(), b""
+            return head + date_field(request.arrived), b""
         body = info.content if info.content is not None else info.file
         if body is None and (body := open_file(info, 0, info.size)) is None:
             return None
-        return head + date_field(), body
+        return head + date_field(request.arrived), body
 
     def serve(self, request: Request) -> Response | None:
         """The response for a file, or None when there is no such file (404). Nothing
         here waits (a stat, an open), so the fast path can answer with it."""
-        entry = self.entry(request.path)
+        entry = self.entry(request.path, request.arrived)
         if entry.directory:
             location = request.path + b"/" + (b"?" + request.query if request.query else b"")
             return Response(301, [(b"Location", location), *self.server_fields], b"")

@@ -1,10 +1,12 @@
 """The response parser's short path for a whole answer (`ResponseParser.whole`): it reads
 what `feed` reads, and leaves everything else to `feed` with nothing changed. The request
-parser's version, inferred from llhttp's keep-alive where that tells it."""
+parser's version, inferred from llhttp's keep-alive where that tells it, and the fields it
+notes by name, however spelled."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -145,3 +147,27 @@ def test_a_requests_version_is_read_whatever_its_connection_fields(version: byte
 def test_a_version_other_than_1_0_and_1_1_is_still_refused(version: bytes) -> None:
     with pytest.raises(ProtocolError):
         RequestParser().feed(b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % version)
+
+
+@pytest.mark.parametrize("spell", [bytes.lower, bytes.title, bytes.upper, bytes.swapcase])
+def test_a_requests_fields_are_noted_however_their_names_are_spelled(
+    spell: Callable[[bytes], bytes],
+) -> None:
+    """The fields the parser notes are found by their usual spellings without lower-casing
+    them, and by any other spelling with it: each is noted the same."""
+
+    def request(*fields: tuple[bytes, bytes]) -> RequestHead:
+        lines = b"".join(spell(name) + b": " + value + b"\r\n" for name, value in fields)
+        head = RequestParser().feed(b"GET / HTTP/1.1\r\n%s\r\n" % lines)[0]
+        assert isinstance(head, RequestHead)
+        return head
+
+    head = request((b"Host", b"a"), (b"Referer", b"/r"), (b"User-Agent", b"u"), (b"Accept", b"*"))
+    assert (head.host, head.referer, head.user_agent) == (b"a", b"/r", b"u")
+    assert head.relayable and not head.conditional
+    assert request((b"Host", b"a"), (b"If-None-Match", b'"x"')).conditional
+    assert not request((b"Host", b"a"), (b"X-Real-IP", b"1.2.3.4")).relayable
+    assert not request((b"Host", b"a"), (b"TE", b"trailers")).relayable
+    assert request((b"Host", b"a"), (b"Content-Length", b"3")).content_length == 3
+    with pytest.raises(ProtocolError):
+        request((b"Host", b"a"), (b"Host", b"b"))
