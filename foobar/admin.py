@@ -200,7 +200,7 @@ class ResponseCounters(_PlainFamily):
             f"{self.role}_sent_bytes", "response body bytes sent", labels=self.labels[:-1]
         )
         for label_values, counts in self.counts.items():
-            for status, value in counts.by_status.items():
+            for status, value in counts.statuses():
                 responses.add_metric([*label_values, str(status)], value)
             sent.add_metric(list(label_values), counts.sent)
         yield responses

@@ -194,7 +194,9 @@ class ResponseWriter:
         offset, left = body.offset, body.count
         if not transport.is_closing():  # else `write` meets the closed connection
             transport.write(head)
-            socket_fd = self._sendfile_socket()
+            socket_fd = self._socket_fd
+            if socket_fd == -1:  # (asked once a connection: a call less on the others)
+                socket_fd = self._sendfile_socket()
             if socket_fd is not None and not transport.get_write_buffer_size():  # the head went
                 try:
                     while left > 0 and (sent := os.sendfile(socket_fd, body.fd, offset, left)):

@@ -321,21 +321,24 @@ class StaticFiles:
             return None
         if request.conditional:  # a validator or a range: `serve` answers
             return None
-        try:
-            entry = self.entry(target_path, request.arrived)
-        except BadTarget:
-            return None  # `serve` answers it with a 400
+        now = request.arrived
+        entry = self._cache.get(target_path)
+        if entry is None or entry.expires <= now:  # (`entry`'s hit, without its call)
+            try:
+                entry = self.entry(target_path, now)
+            except BadTarget:
+                return None  # `serve` answers it with a 400
         info, head = entry.info, entry.head
         if info is None:
             return None
         if info.gzip is not None and accepts_gzip(request.header(b"accept-encoding")):
             info, head = info.gzip, entry.gzip_head
         if method == "HEAD":
-            return head + date_field(request.arrived), b""
+            return head + date_field(now), b""
         body = info.content if info.content is not None else info.file
         if body is None and (body := open_file(info, 0, info.size)) is None:
             return None
-        return head + date_field(request.arrived), body
+        return head + date_field(now), body
 
     def serve(self, request: Request) -> Response | None:
         """The response for a file, or None when there is no such file (404). Nothing

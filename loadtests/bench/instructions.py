@@ -7,6 +7,7 @@ not the kernel's share (the same read and write calls for foobar and the floor).
     python -m loadtests.bench.instructions lb web floor      # N=2000 requests each
     python -m loadtests.bench.instructions lb-tcp haproxy-tcp # the balancer's tcp mode
     python -m loadtests.bench.instructions file file-floor   # foobar.web, Python's floor: 1 KiB
+    FILE=1m.bin python -m loadtests.bench.instructions file   # the 1 MiB file (sendfile)
     python -m loadtests.bench.instructions rules             # the floor with lb's rules
     ACCESS_LOG=true python -m loadtests.bench.instructions lb # with foobar's access log on
     BROWSER=true python -m loadtests.bench.instructions lb    # a browser's 12 fields, not wrk's 1
@@ -38,7 +39,8 @@ from loadtests.bench.run import ROOT, free_port, wait_port
 REQUESTS = int(os.environ.get("N", "2000"))
 ACCESS_LOG = os.environ.get("ACCESS_LOG", "false")  # foobar's, off unless asked for
 CONNECTIONS = 10
-PATHS = {"web": b"/api/x", "file": b"/1k.bin", "file-floor": b"/1k.bin"}
+FILE = os.environ.get("FILE", "1k.bin").encode()  # the file asked for: 1k.bin or 1m.bin
+PATHS = {"web": b"/api/x", "file": b"/" + FILE, "file-floor": b"/" + FILE}
 # BROWSER=true: the fields a browser sends with a page's request (wrk sends only Host)
 BROWSER_FIELDS = (
     b"Connection: keep-alive\r\n"
@@ -100,6 +102,7 @@ def measure(server: str, folder: Path) -> float:
     conf = folder / f"nginx-{port}.conf"
     conf.write_text(peers.nginx(conf, peers.nginx_backends(backends)))
     (folder / "1k.bin").write_bytes(os.urandom(1024))
+    (folder / "1m.bin").write_bytes(os.urandom(1024 * 1024))
     out = folder / f"callgrind-{server}.out"
     nginx = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
     quiet = {**os.environ, "FOOBAR_LB_ACCESS_LOG": ACCESS_LOG, "FOOBAR_WEB_ACCESS_LOG": ACCESS_LOG}
