@@ -195,7 +195,7 @@ class ResponseWriter:
         if not transport.is_closing():  # else `write` meets the closed connection
             transport.write(head)
             socket_fd = self._socket_fd
-            if socket_fd == -1:  # (asked once a connection: a call less on the others)
+            if socket_fd == -1:  # not asked yet: once a connection, then read without a call
                 socket_fd = self._sendfile_socket()
             if socket_fd is not None and not transport.get_write_buffer_size():  # the head went
                 try:
