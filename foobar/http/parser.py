@@ -151,7 +151,7 @@ _NOTED[b"transfer-encoding"] = _FRAMING_FIELD | _NOT_RELAYED_FIELD
 _NOTED[b"referer"], _NOTED[b"user-agent"] = _REFERER_FIELD, _USER_AGENT_FIELD
 # The same by name as clients spell it (Title-Case or lower-case), with the fields they
 # send most that are not noted (0): on_header finds a name here without lower-casing it
-# (150 instructions a field less); another spelling, or another field, is lower-cased.
+# (150 instructions a field less); another spelling is lower-cased and looked up again.
 _USUAL_FIELDS: Final = (
     b"accept accept-encoding accept-language authorization cache-control content-type "
     b"cookie dnt origin pragma priority sec-ch-ua sec-ch-ua-mobile sec-ch-ua-platform "
@@ -356,7 +356,7 @@ class RequestParser(_Parser):
         # the fields the core looks at, noted as they pass (most are none of them)
         noted = _NOTED_AS_SENT.get(name)
         if noted is None:
-            noted = _NOTED.get(name.lower())
+            noted = _NOTED_AS_SENT.get(name.lower())
         if not noted:
             return
         if noted == _HOST_FIELD:
