@@ -30,8 +30,8 @@ loadtest: $(BIN)/.installed
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(HOST) -u $(USERS) -r $(USERS) \
 		-t $(DURATION) --csv var/loadtest/foobar --html var/loadtest/report.html --only-summary
 
-# foobar against HAProxy, nginx and Python's floor, side by side, 5 rounds of 5 s (about
-# 11 minutes); writes docs/benchmarks.md. A quick look writes var/bench/benchmarks.md instead:
+# foobar against HAProxy, nginx and Python's floor, side by side, 7 rounds of 5 s (about
+# 15 minutes); writes docs/benchmarks.md. A quick look writes var/bench/benchmarks.md instead:
 # make bench BENCH_ROUNDS=1 BENCH_SECONDS=2 BENCH_ONLY="lb http,1 KiB"
 BENCH_PACKAGES := haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux curl:curl
 bench: $(BIN)/.installed

@@ -106,11 +106,11 @@ def test_the_report_says_which_rounds_had_errors_and_of_what_kind() -> None:
 @pytest.mark.parametrize(
     ("target", "ours", "peer", "judged_on", "ratio", "met"),
     [
-        # throughput >= 0.6x: medians 60k and 100k, met exactly at the bar
+        # throughput >= 0.6x: rounds at 0.5x, 0.6x and 0.7x, met exactly at the bar
         (
             Target(LB_HTTP, FOOBAR, "haproxy", "throughput", 0.6),
             [result(50_000, 30), result(60_000, 30), result(70_000, 30)],
-            [result(100_000, 10), result(90_000, 10), result(110_000, 10)],
+            [result(100_000, 10), result(100_000, 10), result(100_000, 10)],
             "throughput",
             0.6,
             True,
@@ -192,6 +192,19 @@ def test_per_round_ratios_pair_each_round_and_only_measured_targets_are_judged()
     assert found[0].bar == ">= 0.70x"
     full = [result(20, 1, load_busy=0.95)]
     assert verdicts({WEB_1K: {FOOBAR: full, NGINX: peer[:1]}})[0].bar == "<= 1.43x"
+
+
+def test_a_verdict_pairs_each_round_so_the_machines_drift_cancels_out() -> None:
+    """The machine slows down round by round, and the peer's second run met a hiccup:
+    each round foobar did 0.9x the peer, which the rounds' median says; the ratio of the
+    two medians pairs runs of different rounds and says 1.2x."""
+    ours = [result(900, 1), result(720, 1), result(540, 1)]
+    peer = [result(1000, 1), result(500, 1), result(600, 1)]
+    [verdict] = verdicts({WEB_1K: {FOOBAR: ours, NGINX: peer}})
+    assert verdict.ratio == pytest.approx(0.9) and verdict.of_medians == pytest.approx(1.2)
+    assert verdict.met and (verdict.rounds.low, verdict.rounds.high) == (0.9, 1.44)
+    row = report.verdict_table([verdict])[2]
+    assert "| >= 0.70x | 0.90x (0.90x-1.44x) | 1.20x | yes |" in row
 
 
 def test_the_floors_are_held_to_foobars_bars_against_the_peers_only() -> None:

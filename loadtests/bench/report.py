@@ -45,8 +45,10 @@ run, warmed up for a second, then measured.
   foobar's own row.
 - **Rounds.** Every server of a test runs once per round; the order is reversed every other
   round, so a machine that drifts favours no one. Medians are shown with the min-max over the
-  rounds; a verdict's ratio is the ratio of the medians, with the range of the per-round
-  ratios (each round's runs are back to back).
+  rounds. A verdict's ratio is the median of the rounds' ratios, with their range: each
+  round's runs are back to back, so the machine's drift between rounds cancels out of a
+  round's ratio. The ratio of the two sides' medians, which pairs runs of different
+  rounds, is shown beside it.
 - **CPU** is the server's utime+stime per request, from /proc. **Saturation:** when the load
   core was busy {SATURATED:.0%} of a run or more (wrk, and the backends that share it), the
   throughput measures wrk as much as the server: such a row is marked, and a throughput
@@ -100,8 +102,9 @@ def _errors(runs: list[Result]) -> str:
 
 def verdict_table(verdicts: list[Verdict]) -> list[str]:
     lines = [
-        "| target | judged on | bar | measured: ratio of the medians (per round) | met? |",
-        "|---|---|---|---|---|",
+        "| target | judged on | bar | measured: median of the rounds' ratios (min-max) "
+        "| ratio of the medians | met? |",
+        "|---|---|---|---|---|---|",
     ]
     for verdict in verdicts:
         judged = "throughput" if verdict.judged_on == "throughput" else "CPU per request"
@@ -110,7 +113,8 @@ def verdict_table(verdicts: list[Verdict]) -> list[str]:
         rounds = verdict.rounds
         lines.append(
             f"| {verdict.target} | {judged} | {verdict.bar} | {_ratio(verdict.ratio)} "
-            f"({_ratio(rounds.low)}-{_ratio(rounds.high)}) | {'yes' if verdict.met else '**no**'} |"
+            f"({_ratio(rounds.low)}-{_ratio(rounds.high)}) | {_ratio(verdict.of_medians)} "
+            f"| {'yes' if verdict.met else '**no**'} |"
         )
     return lines
 

@@ -410,7 +410,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=float(setting("BENCH_SECONDS", "5")))
-    parser.add_argument("--rounds", type=int, default=int(setting("BENCH_ROUNDS", "5")))
+    parser.add_argument("--rounds", type=int, default=int(setting("BENCH_ROUNDS", "7")))
     parser.add_argument(
         "--only",
         default=setting("BENCH_ONLY", ""),

@@ -5,7 +5,14 @@ A throughput target compares rates; when the load generator's core was saturated
 either side's runs the rates say more about wrk than about the servers, and the target
 is judged on CPU per request instead (throughput >= r x the peer's becomes CPU per
 request <= 1/r x the peer's: what the rates would be if the server's core were the
-limit)."""
+limit).
+
+A verdict's ratio is the median of the rounds' ratios: each round runs both sides back to
+back, so a round's ratio is measured on one state of the machine, and its drift between
+rounds (a slower minute for everyone) cancels out of it. The ratio of the two sides'
+medians, which pairs a run of one round with a run of another, is kept beside it as a
+reference (see loadtests/bench/notes.md, fourteenth pass: over eight runs of the same
+code, the paired median moved less from run to run for seven targets of eight)."""
 
 from __future__ import annotations
 
@@ -74,8 +81,9 @@ TARGETS = (
 class Verdict:
     target: Target
     judged_on: Measure  # the target's own measure, or CPU when the load core was saturated
-    ratio: float  # ours / peer of the medians, in the measure judged on
+    ratio: float  # ours / peer, the median of the rounds' ratios, in the measure judged on
     rounds: Spread  # the same ratio round by round (each round's pair ran back to back)
+    of_medians: float  # ours' median / the peer's median: the unpaired reference
     limit: float  # what the ratio had to reach: at least, on throughput; at most, on CPU
     met: bool
 
@@ -106,12 +114,13 @@ def judge(target: Target, ours: Sequence[Result], peer: Sequence[Result]) -> Ver
     def value(result: Result) -> float:
         return result.rate if on == "throughput" else result.cpu_us
 
-    ratio = _ratio(statistics.median(map(value, ours)), statistics.median(map(value, peer)))
-    per_round = [_ratio(value(a), value(b)) for a, b in zip(ours, peer, strict=True)]
+    per_round = Spread.of([_ratio(value(a), value(b)) for a, b in zip(ours, peer, strict=True)])
+    of_medians = _ratio(statistics.median(map(value, ours)), statistics.median(map(value, peer)))
+    ratio = per_round.median
     # a throughput target judged on CPU: CPU per request <= 1/bound x the peer's
     limit = 1 / target.bound if on != target.on else target.bound
     met = ratio >= limit if on == "throughput" else ratio <= limit
-    return Verdict(target, on, ratio, Spread.of(per_round), limit, met)
+    return Verdict(target, on, ratio, per_round, of_medians, limit, met)
 
 
 def verdicts(
