@@ -12,7 +12,7 @@ back, so a round's ratio is measured on one state of the machine, and its drift 
 rounds (a slower minute for everyone) cancels out of it. The ratio of the two sides'
 medians, which pairs a run of one round with a run of another, is kept beside it as a
 reference (see loadtests/bench/notes.md, fourteenth pass: over eight runs of the same
-code, the paired median moved less from run to run for seven targets of eight)."""
+code, the paired median moved less from run to run for eight targets of nine)."""
 
 from __future__ import annotations
 
