@@ -20,7 +20,7 @@ import aiomysql
 import pytest
 
 from foobar.up import free_base_port
-from loadtests.bench import file_floor, floor, instructions, peers, report, rules
+from loadtests.bench import file_floor, floor, instructions, measure, peers, report, rules
 from loadtests.bench.measure import Result, core_ticks, parse_wrk
 from loadtests.bench.run import destination
 from loadtests.bench.verdicts import (
@@ -101,6 +101,21 @@ def test_the_report_says_which_rounds_had_errors_and_of_what_kind() -> None:
         {"lb http mode": {"foobar": [clean]}}, {"lb http mode": "req/s"}
     )
     assert row.endswith("| 0 |")
+
+
+def test_the_report_shows_the_user_share_of_the_cpu() -> None:
+    """The server's own code, beside its CPU in all: the kernel's share moves with the
+    machine, the user share with the server."""
+    rounds = [
+        dataclasses.replace(result(30_000, cpu), user_us=user)
+        for cpu, user in ((30.0, 10.0), (34.0, 12.0), (31.0, 14.0))
+    ]
+    [_, _, row] = report.results_table(
+        {"web 1 MiB file": {"foobar": rounds}}, {"web 1 MiB file": "MB/s"}
+    )
+    assert "| 31.0 (30.0-34.0) | 12.0 |" in row
+    user, system = measure.cpu_seconds(os.getpid())
+    assert user > 0 and system >= 0
 
 
 @pytest.mark.parametrize(

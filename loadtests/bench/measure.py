@@ -48,6 +48,9 @@ class Result:
     load_busy: float  # share of the load core busy (wrk, and the backends it shares with)
     wrk_cpu: float  # wrk's own share of the load core
     error_kinds: str = ""  # as WrkOutput's
+    # the user-space share of cpu_us: where a server's own code shows (the kernel's share,
+    # the same system calls for every contender, moves with the machine)
+    user_us: float = 0.0
 
     @property
     def saturated(self) -> bool:
@@ -94,9 +97,10 @@ def parse_wrk(output: str) -> WrkOutput:
     )
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's CPU time so far, (user, system) seconds, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS  # utime, stime
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -148,16 +152,19 @@ def load(url: str, pid: int, seconds: float, megabytes: bool = False) -> Result:
     )
     busy_before, total_before = core_ticks(LOAD_CORE, stat_before)
     busy_after, total_after = core_ticks(LOAD_CORE, Path("/proc/stat").read_text())
-    used = cpu_seconds(pid) - server_before
+    (user_before, system_before), (user_after, system_after) = server_before, cpu_seconds(pid)
+    user, system = user_after - user_before, system_after - system_before
     run = parse_wrk(output)
+    requests = max(run.requests, 1)
     return Result(
         rate=run.megabytes_per_s if megabytes else run.rps,
         p50_ms=run.p50_ms,
         p99_ms=run.p99_ms,
-        cpu_us=used / max(run.requests, 1) * 1e6,
+        cpu_us=(user + system) / requests * 1e6,
         rss_mib=peak_rss_mib(pid),
         errors=run.errors,
         load_busy=(busy_after - busy_before) / max(total_after - total_before, 1),
         wrk_cpu=wrk_used / wall,
         error_kinds=run.error_kinds,
+        user_us=user / requests * 1e6,
     )

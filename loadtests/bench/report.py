@@ -49,7 +49,9 @@ run, warmed up for a second, then measured.
   round's runs are back to back, so the machine's drift between rounds cancels out of a
   round's ratio. The ratio of the two sides' medians, which pairs runs of different
   rounds, is shown beside it.
-- **CPU** is the server's utime+stime per request, from /proc. **Saturation:** when the load
+- **CPU** is the server's utime+stime per request, from /proc; "of which user" is the
+  utime's median alone: the server's own code, where the kernel's share (much the same
+  system calls for every contender) moves with the machine. **Saturation:** when the load
   core was busy {SATURATED:.0%} of a run or more (wrk, and the backends that share it), the
   throughput measures wrk as much as the server: such a row is marked, and a throughput
   target that involves it is judged on CPU per request instead (throughput >= r x the
@@ -72,8 +74,8 @@ def _ratio(value: float) -> str:
 def results_table(results: dict[str, dict[str, list[Result]]], units: dict[str, str]) -> list[str]:
     lines = [
         "| test | server | rate: median (min-max) | CPU µs/request: median (min-max) "
-        "| p50 ms | p99 ms | peak RSS MiB | load core busy (wrk) | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| of which user | p50 ms | p99 ms | peak RSS MiB | load core busy (wrk) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for test, rows in results.items():
         for label, runs in rows.items():
@@ -83,6 +85,7 @@ def results_table(results: dict[str, dict[str, list[Result]]], units: dict[str, 
             lines.append(
                 f"| {test} | {label} | {_spread([r.rate for r in runs])} {units[test]} "
                 f"| {_spread([r.cpu_us for r in runs], 1)} "
+                f"| {Spread.of([r.user_us for r in runs]).median:.1f} "
                 f"| {Spread.of([r.p50_ms for r in runs]).median:.2f} "
                 f"| {Spread.of([r.p99_ms for r in runs]).median:.2f} "
                 f"| {Spread.of([r.rss_mib for r in runs]).median:.0f} "

@@ -184,7 +184,8 @@ class Bench:
                 rows.setdefault(contender.label, []).append(result)
                 print(
                     f"  {test:<20} {contender.label:<22} {result.rate:>10.1f} "
-                    f"{self.units[test]:<5} CPU {result.cpu_us:6.1f} µs/req  "
+                    f"{self.units[test]:<5} CPU {result.cpu_us:6.1f} µs/req "
+                    f"(user {result.user_us:5.1f})  "
                     f"load core {result.load_busy:4.0%}  errors {result.errors}"
                     + (f" ({result.error_kinds})" if result.errors else ""),
                     flush=True,
