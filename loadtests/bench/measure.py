@@ -49,7 +49,7 @@ class Result:
     wrk_cpu: float  # wrk's own share of the load core
     error_kinds: str = ""  # as WrkOutput's
     # the user-space share of cpu_us: where a server's own code shows (the kernel's share,
-    # the same system calls for every contender, moves with the machine)
+    # much the same system calls for every contender, moves with the machine)
     user_us: float = 0.0
 
     @property
