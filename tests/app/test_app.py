@@ -96,7 +96,10 @@ async def test_killed_replica_sends_reads_to_primary_and_back(
             if response.headers["x-foobar-db"] == "replica":
                 break
             await asyncio.sleep(0.1)
-        assert response.headers["x-foobar-db"] == "replica"
+        assert response.headers["x-foobar-db"] == "replica", (
+            f"the replica is not back (process {instance.process and instance.process.returncode}"
+            f", pid {instance.pid}): {instance.last_errors(10)}"
+        )
     fallbacks = apps[0].server.registry.get_sample_value(
         "foobar_app_db_fallbacks_total", {"reason": "replica_unusable"}
     )
