@@ -20,8 +20,8 @@ import aiomysql
 import pytest
 
 from foobar.up import free_base_port
-from loadtests.bench import file_floor, floor, instructions, measure, peers, report, rules
-from loadtests.bench.measure import Result, core_ticks, parse_wrk
+from loadtests.bench import file_floor, floor, instructions, peers, report, rules
+from loadtests.bench.measure import Result, core_ticks, cpu_seconds, parse_wrk
 from loadtests.bench.run import destination
 from loadtests.bench.verdicts import (
     FLOOR,
@@ -114,7 +114,7 @@ def test_the_report_shows_the_user_share_of_the_cpu() -> None:
         {"web 1 MiB file": {"foobar": rounds}}, {"web 1 MiB file": "MB/s"}
     )
     assert "| 31.0 (30.0-34.0) | 12.0 |" in row
-    user, system = measure.cpu_seconds(os.getpid())
+    user, system = cpu_seconds(os.getpid())
     assert user > 0 and system >= 0
 
 

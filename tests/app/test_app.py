@@ -88,8 +88,8 @@ async def test_killed_replica_sends_reads_to_primary_and_back(
     async with apps[0].client() as client:
         response = await client.get("/api/posts")
         assert (response.status_code, response.headers["x-foobar-db"]) == (200, "primary")
-        # the supervisor restarts the replica (InnoDB's crash recovery first: a few seconds
-        # on a busy machine, START_TIMEOUT at most); the app notices within an interval
+        # the supervisor restarts the replica, within its own start bound (START_TIMEOUT);
+        # the app notices within an interval
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while asyncio.get_running_loop().time() < deadline:
             response = await client.get("/api/posts")
